@@ -1,0 +1,286 @@
+//! Host side of the agent protocol: one HTTP/2 connection to one agent.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gitvm_proto::agent::AgentHealth;
+use gitvm_proto::{ErrorBody, ExecRequest, ExecResult, FileList};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::handshake::client_handshake;
+
+/// Boxed error type carried by request bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Request body type of the client: any stream of bytes.
+pub type RequestBody = BoxBody<Bytes, BoxError>;
+
+/// Interval between HTTP/2 pings that detect a dead agent connection.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Time an HTTP/2 ping may stay unanswered before the connection is closed.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Receive window per stream, in bytes; larger than the HTTP/2 default of 64 KiB so that file
+/// downloads are not limited by round trips.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// Receive window of the whole connection, in bytes.
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Failure talking to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The byte stream failed.
+    #[error("agent connection failed: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// The resynchronisation handshake did not complete.
+    #[error("agent handshake failed: {0}")]
+    Handshake(String),
+
+    /// HTTP/2 failed on the connection.
+    #[error("agent protocol error: {0}")]
+    Http(#[from] hyper::Error),
+
+    /// The agent answered with an error.
+    #[error("{body}")]
+    Remote {
+        /// HTTP status of the agent's answer.
+        status: u16,
+        /// The agent's error body.
+        body: ErrorBody,
+    },
+
+    /// The agent's answer could not be decoded.
+    #[error("invalid answer from agent: {0}")]
+    Decode(String),
+}
+
+/// A handshaken HTTP/2 connection to one agent. Cheap to clone; clones share the connection and
+/// may send requests concurrently.
+#[derive(Clone)]
+pub struct AgentClient {
+    sender: hyper::client::conn::http2::SendRequest<RequestBody>,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl AgentClient {
+    /// Runs the handshake and HTTP/2 setup over `stream`, and spawns the connection task on
+    /// the current tokio runtime. The caller sets the deadline.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), gitvm_agent::client::AgentError> {
+    /// let stream = tokio::net::UnixStream::connect("/run/agent.sock").await?;
+    /// let agent = gitvm_agent::client::AgentClient::connect(stream).await?;
+    /// println!("agent {}", agent.health().await?.version);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect<S>(stream: S) -> Result<AgentClient, AgentError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let stream = client_handshake(stream).await?;
+
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "agent connection ended with an error");
+            }
+        });
+
+        Ok(AgentClient { sender })
+    }
+
+    /// Connects to an agent listening on the Unix socket at `path`.
+    pub async fn connect_unix(path: &Path) -> Result<AgentClient, AgentError> {
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|error| {
+                AgentError::Io(std::io::Error::new(
+                    error.kind(),
+                    format!("cannot connect to agent socket {}: {error}", path.display()),
+                ))
+            })?;
+        Self::connect(stream).await
+    }
+
+    /// Returns true once the connection is dead; the caller then connects again.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// Fetches the agent's version, pid and whether it has a shell.
+    pub async fn health(&self) -> Result<AgentHealth, AgentError> {
+        let response = self.send(Method::GET, "/health".into(), empty()).await?;
+        decode_json(response).await
+    }
+
+    /// Runs a command to completion and returns its buffered output.
+    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecResult, AgentError> {
+        let body = serde_json::to_vec(req)
+            .map_err(|error| AgentError::Decode(format!("cannot encode exec request: {error}")))?;
+        let response = self.send(Method::POST, "/exec".into(), full(body)).await?;
+        decode_json(response).await
+    }
+
+    /// Opens a file for reading and returns its bytes as a stream.
+    pub async fn read_file(&self, path: &str) -> Result<Incoming, AgentError> {
+        let response = self
+            .send(Method::GET, path_uri("/files", path), empty())
+            .await?;
+        Ok(response.into_body())
+    }
+
+    /// Writes `body` to the file at `path`, replacing it atomically and creating parents.
+    pub async fn write_file(&self, path: &str, body: RequestBody) -> Result<(), AgentError> {
+        let response = self
+            .send(Method::PUT, path_uri("/files", path), body)
+            .await?;
+        drain(response).await
+    }
+
+    /// Lists the directory at `path`, sorted by name.
+    pub async fn list_files(&self, path: &str) -> Result<FileList, AgentError> {
+        let response = self
+            .send(Method::GET, path_uri("/files/list", path), empty())
+            .await?;
+        decode_json(response).await
+    }
+
+    /// Creates the directory at `path` and its missing parents, like `mkdir -p`.
+    pub async fn make_dir(&self, path: &str) -> Result<(), AgentError> {
+        let response = self
+            .send(Method::POST, path_uri("/files/mkdir", path), empty())
+            .await?;
+        drain(response).await
+    }
+
+    /// Removes the file, symlink or directory tree at `path`.
+    pub async fn remove(&self, path: &str) -> Result<(), AgentError> {
+        let response = self
+            .send(Method::DELETE, path_uri("/files", path), empty())
+            .await?;
+        drain(response).await
+    }
+
+    /// Sends one request and turns an error status into [`AgentError::Remote`].
+    async fn send(
+        &self,
+        method: Method,
+        path_and_query: String,
+        body: RequestBody,
+    ) -> Result<Response<Incoming>, AgentError> {
+        // The authority is never resolved; HTTP/2 only requires the pseudo-headers to exist.
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://agent{path_and_query}"))
+            .body(body)
+            .map_err(|error| AgentError::Decode(format!("invalid request URI: {error}")))?;
+
+        let mut sender = self.sender.clone();
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(remote_error(response).await)
+    }
+}
+
+/// Builds the remote error for a non-success response from its [`ErrorBody`].
+async fn remote_error(response: Response<Incoming>) -> AgentError {
+    let status = response.status();
+    let bytes = match response.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => return AgentError::Http(error),
+    };
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => AgentError::Remote {
+            status: status.as_u16(),
+            body,
+        },
+        Err(_) => AgentError::Decode(format!(
+            "agent returned status {status} with a body that is not an error object: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        )),
+    }
+}
+
+async fn decode_json<T: DeserializeOwned>(response: Response<Incoming>) -> Result<T, AgentError> {
+    let bytes = response.into_body().collect().await?.to_bytes();
+    serde_json::from_slice(&bytes).map_err(|error| {
+        AgentError::Decode(format!(
+            "cannot decode {}: {error}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+/// Reads and discards a success response's body, so the stream completes.
+async fn drain(response: Response<Incoming>) -> Result<(), AgentError> {
+    if response.status() != StatusCode::NO_CONTENT {
+        response.into_body().collect().await?;
+    }
+    Ok(())
+}
+
+fn empty() -> RequestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn full(bytes: Vec<u8>) -> RequestBody {
+    Full::new(Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Builds `route?path=P` with `P` percent-encoded byte by byte; only RFC 3986 unreserved
+/// characters and `/` stay literal.
+fn path_uri(route: &str, path: &str) -> String {
+    let mut uri = format!("{route}?path=");
+    for &byte in path.as_bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            uri.push(byte as char);
+        } else {
+            uri.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    uri
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_uri_encodes_reserved_and_non_ascii() {
+        assert_eq!(path_uri("/files", "/tmp/a b"), "/files?path=/tmp/a%20b");
+        assert_eq!(
+            path_uri("/files", "/x&y#z%+"),
+            "/files?path=/x%26y%23z%25%2B"
+        );
+        assert_eq!(path_uri("/files", "/naïve"), "/files?path=/na%C3%AFve");
+    }
+}

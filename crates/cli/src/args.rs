@@ -1,0 +1,335 @@
+//! Command-line grammar of `gitvm`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Self-hosted sandboxes for AI agents: create isolated Linux machines, run commands, move files,
+/// snapshot them.
+#[derive(Debug, Parser)]
+#[command(name = "gitvm", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: Connection,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the client commands send their requests.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// URL of the gitvm server.
+    #[arg(
+        long,
+        global = true,
+        env = "GITVM_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+
+    /// API key sent as `X-API-Key`.
+    #[arg(long, global = true, env = "GITVM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gitvm server.
+    #[command(subcommand)]
+    Server(ServerCommand),
+
+    /// Manage sandboxes.
+    #[command(subcommand)]
+    Vm(VmCommand),
+
+    /// Manage snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+
+    /// Build and list sandbox templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+
+    /// Run the in-sandbox agent (PID 1 inside every sandbox; not for direct use).
+    #[command(hide = true)]
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Unix socket to listen on.
+    #[arg(long)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Start a standalone node serving the REST API, with the Docker runtime.
+    Start(ServerStart),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerStart {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// TCP port to listen on; 0 picks a free port.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Directory for the database, sandbox sockets and the agent binary.
+    /// [default: /var/lib/gitvm for root, else ~/.local/share/gitvm]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Require this key in `X-API-Key` or `Authorization: Bearer` on every route but /health.
+    #[arg(long, env = "GITVM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Time to live, in seconds, of sandboxes created without `timeout`; 0 means never.
+    #[arg(long, default_value_t = 300)]
+    pub default_timeout: i64,
+
+    /// Seconds to wait for a new sandbox's agent before the create fails.
+    #[arg(long, default_value_t = 30)]
+    pub ready_timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a sandbox and print its id.
+    Create(VmCreate),
+
+    /// List sandboxes.
+    #[command(alias = "ls")]
+    List(VmList),
+
+    /// Show one sandbox.
+    Get(VmId),
+
+    /// Run a command in a sandbox; prints its output and exits with its exit code.
+    ///
+    /// One argument after `--` is a shell command line (`-- 'ls | wc -l'`); several are a
+    /// program and its arguments, quoted for the shell (`-- echo hello world`). gitvm's own
+    /// failures exit with 125.
+    Exec(VmExec),
+
+    /// Start a stopped sandbox.
+    Start(VmId),
+
+    /// Stop a sandbox; its files are kept.
+    Stop(VmId),
+
+    /// Freeze every process of a sandbox.
+    Pause(VmId),
+
+    /// Thaw a paused sandbox.
+    Resume(VmId),
+
+    /// Delete a sandbox.
+    #[command(alias = "delete")]
+    Rm(VmId),
+
+    /// Move files in and out of a sandbox.
+    #[command(subcommand)]
+    Files(FilesCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct VmId {
+    /// Sandbox id.
+    pub id: String,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmCreate {
+    /// Template name or image reference [default: the server's, `base`].
+    #[arg(long)]
+    pub template: Option<String>,
+
+    /// Number of virtual CPUs.
+    #[arg(long)]
+    pub vcpus: Option<i64>,
+
+    /// Memory limit in MiB.
+    #[arg(long)]
+    pub memory: Option<i64>,
+
+    /// Time to live in seconds; 0 means never.
+    #[arg(long)]
+    pub timeout: Option<i64>,
+
+    /// Environment variable for every command, as KEY=VALUE; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Metadata label, as KEY=VALUE; repeatable.
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+
+    /// Print the whole sandbox as JSON instead of its id.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmList {
+    /// Only sandboxes in this state (running, paused, stopped, creating, error).
+    #[arg(long)]
+    pub state: Option<String>,
+
+    /// Only sandboxes with this metadata label, as KEY=VALUE; repeatable.
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmExec {
+    /// Sandbox id.
+    pub id: String,
+
+    /// Working directory inside the sandbox.
+    #[arg(long)]
+    pub cwd: Option<String>,
+
+    /// Environment variable, as KEY=VALUE; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// User name or uid to run as.
+    #[arg(long)]
+    pub user: Option<String>,
+
+    /// Seconds after which the command is killed (exit code 124).
+    #[arg(long)]
+    pub timeout: Option<f64>,
+
+    /// Print the result as JSON instead of the command's output.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The command, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// Copy a file out of a sandbox to LOCAL, or to standard output when LOCAL is `-` or absent.
+    Get {
+        /// Sandbox id.
+        id: String,
+        /// Absolute path inside the sandbox.
+        path: String,
+        /// Local destination file.
+        local: Option<PathBuf>,
+    },
+
+    /// Copy LOCAL (or standard input when `-`) into a sandbox, creating parent directories.
+    Put {
+        /// Sandbox id.
+        id: String,
+        /// Local source file, or `-`.
+        local: PathBuf,
+        /// Absolute destination path inside the sandbox.
+        path: String,
+    },
+
+    /// List a directory in a sandbox.
+    Ls {
+        /// Sandbox id.
+        id: String,
+        /// Absolute directory path inside the sandbox.
+        path: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Create a directory and its parents in a sandbox.
+    Mkdir {
+        /// Sandbox id.
+        id: String,
+        /// Absolute path inside the sandbox.
+        path: String,
+    },
+
+    /// Remove a file or a directory tree in a sandbox.
+    Rm {
+        /// Sandbox id.
+        id: String,
+        /// Absolute path inside the sandbox.
+        path: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a sandbox and print the snapshot id.
+    Create {
+        /// Sandbox id.
+        id: String,
+        /// Print the whole snapshot as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// List snapshots.
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Create a new sandbox from a snapshot and print its id.
+    Restore {
+        /// Snapshot id.
+        id: String,
+        /// Time to live of the new sandbox in seconds; 0 means never.
+        #[arg(long)]
+        timeout: Option<i64>,
+        /// Print the whole sandbox as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Delete a snapshot.
+    #[command(alias = "delete")]
+    Rm {
+        /// Snapshot id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Build a template image locally. `base` is Debian bookworm made with debootstrap
+    /// (bash, coreutils, python3, git, ca-certificates), imported into Docker.
+    Build(TemplateBuild),
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateBuild {
+    /// Template to build; only `base` exists today.
+    pub name: String,
+
+    /// Rebuild even when the image already exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Data directory whose `cache/` keeps downloaded Debian packages between builds.
+    /// [default: /var/lib/gitvm for root, else ~/.local/share/gitvm]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}

@@ -1,0 +1,66 @@
+//! Configuration of a node, shared by `gitvm server start` and `gitvm-node`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything [`crate::serve`] needs to run a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Address the REST API listens on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory of the database and of the runtime's per-sandbox files.
+    pub data_dir: PathBuf,
+    /// Key clients must send; `None` leaves the API open.
+    pub api_key: Option<String>,
+    /// The `gitvm` binary that runs as the agent inside every sandbox.
+    pub agent_bin: PathBuf,
+    /// Time to live in seconds of sandboxes created without `timeout`; 0 means never.
+    pub default_timeout_secs: i64,
+    /// Template of sandboxes created without `template`.
+    pub default_template: String,
+    /// Maximum time create and start wait for a sandbox's agent to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            data_dir: Self::default_data_dir(),
+            api_key: None,
+            agent_bin: Self::default_agent_bin(),
+            default_timeout_secs: 300,
+            default_template: "base".to_owned(),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Default data directory: `/var/lib/gitvm` for root, else `$XDG_DATA_HOME/gitvm`, else
+    /// `~/.local/share/gitvm`.
+    pub fn default_data_dir() -> PathBuf {
+        // /proc/self is owned by the effective uid of the process.
+        let is_root = std::fs::metadata("/proc/self")
+            .map(|meta| meta.uid() == 0)
+            .unwrap_or(false);
+        if is_root {
+            return PathBuf::from("/var/lib/gitvm");
+        }
+        if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|dir| !dir.is_empty()) {
+            return PathBuf::from(dir).join("gitvm");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+        PathBuf::from(home).join(".local/share/gitvm")
+    }
+
+    /// Default agent binary: a file named `gitvm` in the directory of the current executable.
+    pub fn default_agent_bin() -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("gitvm")))
+            .unwrap_or_else(|| PathBuf::from("gitvm"))
+    }
+}

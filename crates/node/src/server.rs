@@ -1,0 +1,94 @@
+//! Startup and shutdown of a node: store, runtime, reconcile, reaper, then the API.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use gitvm_runtime::docker::{DockerConfig, DockerRuntime};
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::sandbox::{validate, HostLimits, Node, Settings};
+use crate::store::Store;
+use crate::{reaper, reconcile, NodeConfig};
+
+/// Runs a node until SIGINT or SIGTERM. Sandboxes keep running after it returns; the next
+/// start reconciles them.
+///
+/// Prints one line to stdout once the API accepts connections:
+/// `gitvm server listening on http://ADDR`.
+pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    validate::timeout(config.default_timeout_secs).context("invalid --default-timeout")?;
+    if !config.agent_bin.is_file() {
+        bail!(
+            "agent binary {} not found; build it with `cargo build -p gitvm-cli` or pass --agent-bin",
+            config.agent_bin.display()
+        );
+    }
+
+    let store = Store::open(&config.data_dir).await?;
+    let node_id = store.node_id().await?;
+    let runtime = DockerRuntime::connect(DockerConfig {
+        data_dir: config.data_dir.clone(),
+        agent_bin: config.agent_bin.clone(),
+        node_id: node_id.clone(),
+        ready_timeout: config.ready_timeout,
+    })
+    .await
+    .context("cannot start the Docker runtime")?;
+
+    let settings = Settings {
+        default_timeout_secs: config.default_timeout_secs,
+        default_template: config.default_template.clone(),
+        limits: HostLimits::detect(),
+    };
+    let node = Arc::new(Node::new(store, Arc::new(runtime), settings));
+
+    let summary = reconcile::reconcile(&node)
+        .await
+        .context("cannot reconcile the store with the runtime")?;
+    tracing::info!(?summary, "reconciled sandboxes with the runtime");
+    let reaper = reaper::spawn(Arc::clone(&node));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "gitvm server listening on http://{addr}")?;
+        stdout.flush()?;
+    }
+    tracing::info!(%addr, node_id, data_dir = %config.data_dir.display(), runtime = node.runtime().name(), "node started");
+
+    let state = AppState {
+        node,
+        api_key: config.api_key.map(Arc::from),
+    };
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    reaper.abort();
+    served.context("the API server failed")?;
+    tracing::info!(%addr, "node stopped; sandboxes keep running");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM; stop the node with SIGINT");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

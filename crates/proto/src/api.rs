@@ -1,0 +1,298 @@
+//! Request and response bodies of the node REST API.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Lifecycle state of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    /// The runtime is building the sandbox and waiting for its agent.
+    Creating,
+    /// The agent is ready; commands and file operations are accepted.
+    Running,
+    /// Every process is frozen; memory is kept.
+    Paused,
+    /// Every process has exited; the filesystem is kept.
+    Stopped,
+    /// The sandbox and its runtime resources are gone.
+    Deleted,
+    /// An operation failed; `error` on the sandbox says why. Only delete is allowed.
+    Error,
+}
+
+impl SandboxState {
+    /// Lowercase name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Stopped => "stopped",
+            Self::Deleted => "deleted",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SandboxState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "creating" => Self::Creating,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "stopped" => Self::Stopped,
+            "deleted" => Self::Deleted,
+            "error" => Self::Error,
+            other => {
+                return Err(format!(
+                    "unknown sandbox state `{other}`; expected one of creating, running, paused, stopped, deleted, error"
+                ))
+            }
+        })
+    }
+}
+
+/// Body of `POST /sandboxes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    /// Template name (`base`) or image reference; the node's default template when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Runtime backend (`docker`); the node's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Number of virtual CPUs (whole CPUs; Docker enforces it as a CPU quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<i64>,
+    /// Memory limit in MiB.
+    #[serde(default, rename = "memoryMB", skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<i64>,
+    /// Time to live in seconds; 0 means the sandbox never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    /// Environment variables set for every command run in the sandbox.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_vars: BTreeMap<String, String>,
+    /// Free-form labels for the caller's own bookkeeping.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A sandbox as returned by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    /// Sandbox id, such as `sb-k3j9x2m1qz7a`.
+    pub id: String,
+    /// Template the sandbox was created from, as requested.
+    pub template: String,
+    /// Runtime backend running the sandbox.
+    pub runtime: String,
+    /// Current lifecycle state.
+    pub state: SandboxState,
+    /// Number of virtual CPUs.
+    pub vcpus: i64,
+    /// Memory limit in MiB.
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: i64,
+    /// Time to live in seconds; 0 means never.
+    pub timeout: i64,
+    /// Environment variables applied to every command.
+    pub env_vars: BTreeMap<String, String>,
+    /// Caller-provided labels.
+    pub metadata: BTreeMap<String, String>,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: String,
+    /// Expiry time, RFC 3339 UTC; `null` when the timeout is 0.
+    pub expires_at: Option<String>,
+    /// Snapshot this sandbox was restored from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Reason for the `error` state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Body of `GET /sandboxes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxList {
+    /// Sandboxes matching the filter, oldest first.
+    pub sandboxes: Vec<Sandbox>,
+}
+
+/// Body of `POST /sandboxes/:id/exec`, and of the agent's `/exec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Shell command line, run as `/bin/sh -c COMMAND`.
+    pub command: String,
+    /// Working directory; must exist. Defaults to the user's home directory, else `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Extra environment variables; they override the sandbox's `envVars`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// User name or numeric uid to run as; `root` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Seconds after which the whole process group is killed; no limit when absent or 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+}
+
+/// Exit code reported when a command was killed for exceeding its timeout, as coreutils
+/// `timeout` does.
+pub const EXIT_CODE_TIMED_OUT: i32 = 124;
+
+/// Maximum bytes of stdout, and separately of stderr, that a buffered exec returns. Output past
+/// this is discarded and the result is marked truncated.
+pub const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Result of a buffered exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecResult {
+    /// Exit status. A command killed by signal N reports 128 + N (137 for SIGKILL); a timed-out
+    /// command reports 124.
+    pub exit_code: i32,
+    /// Standard output, decoded as UTF-8 with invalid sequences replaced by U+FFFD.
+    pub stdout: String,
+    /// Standard error, decoded like `stdout`.
+    pub stderr: String,
+    /// True when the command was killed because its timeout elapsed.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Name of the signal that ended the command (`SIGKILL`), if a signal did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// True when stdout or stderr exceeded the output limit and was cut.
+    #[serde(default)]
+    pub truncated: bool,
+    /// Wall time from spawn to exit, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// Kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileType {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link (not followed).
+    Symlink,
+    /// Anything else: socket, FIFO, device.
+    Other,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileEntry {
+    /// File name within its directory.
+    pub name: String,
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    /// Entry kind.
+    #[serde(rename = "type")]
+    pub file_type: FileType,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits, such as 420 for 0644.
+    pub mode: u32,
+    /// Last modification time, RFC 3339 UTC.
+    pub modified_at: String,
+}
+
+/// Body of `GET /sandboxes/:id/files/list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileList {
+    /// Entries sorted by name.
+    pub entries: Vec<FileEntry>,
+}
+
+/// What a snapshot captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// The root filesystem only; processes are not kept (Docker commit).
+    Filesystem,
+    /// Memory, devices and disk; a restore resumes running processes.
+    Full,
+}
+
+impl SnapshotKind {
+    /// Lowercase name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Filesystem => "filesystem",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// A snapshot as returned by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Snapshot id, such as `snap-4m2k9d0x1c3b`.
+    pub id: String,
+    /// Sandbox the snapshot was taken from.
+    pub sandbox_id: String,
+    /// Runtime that took it; restores use the same runtime.
+    pub runtime: String,
+    /// What the snapshot captures.
+    pub kind: SnapshotKind,
+    /// Size on disk in bytes.
+    pub size_bytes: u64,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// Body of `GET /snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotList {
+    /// Snapshots, oldest first.
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// Body of `POST /snapshots/:id/restore`; every field overrides the source sandbox's value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Time to live in seconds for the new sandbox; 0 means never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    /// Labels for the new sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Body of `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// `ok` when the node can serve requests.
+    pub status: String,
+    /// gitvm version.
+    pub version: String,
+    /// Runtimes this node can run, such as `["docker"]`.
+    pub runtimes: Vec<String>,
+}

@@ -1,0 +1,301 @@
+//! Rust client for the gitvm REST API, used by the `gitvm` CLI.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), gitvm_sdk::Error> {
+//! use gitvm_sdk::{Client, CreateSandboxRequest, ExecRequest};
+//!
+//! let client = Client::new("http://127.0.0.1:8080", None)?;
+//! let sandbox = client.create_sandbox(&CreateSandboxRequest::default()).await?;
+//! let result = client
+//!     .exec(&sandbox.id, &ExecRequest { command: "echo hi".into(), ..Default::default() })
+//!     .await?;
+//! assert_eq!(result.stdout, "hi\n");
+//! client.delete_sandbox(&sandbox.id).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures_util::Stream;
+pub use gitvm_proto::*;
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+
+/// Failure of an SDK call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error body.
+    #[error("{body} [HTTP {status}]")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The server's error body.
+        body: ErrorBody,
+    },
+
+    /// The request did not reach the server or its answer was cut.
+    #[error("request to {url} failed: {source}")]
+    Http {
+        /// URL requested.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+
+    /// The server URL is not usable.
+    #[error("invalid server URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Filter for [`Client::list_sandboxes`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only sandboxes in this state.
+    pub state: Option<SandboxState>,
+    /// Only sandboxes whose metadata has every one of these pairs.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A connection to one gitvm server (a node or the control plane).
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    api_key: Option<String>,
+}
+
+impl Client {
+    /// Creates a client for the server at `base_url`, such as `http://127.0.0.1:8080`.
+    pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, Error> {
+        let base = base_url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::InvalidUrl {
+                url: base_url.to_string(),
+                reason: "it must start with http:// or https://".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|source| Error::Http {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(Self {
+            http,
+            base,
+            api_key,
+        })
+    }
+
+    /// Base URL of the server, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Fetches `/health`.
+    pub async fn health(&self) -> Result<Health, Error> {
+        self.json(self.request(Method::GET, "/health")).await
+    }
+
+    /// Creates a sandbox and waits until it is running.
+    pub async fn create_sandbox(&self, request: &CreateSandboxRequest) -> Result<Sandbox, Error> {
+        self.json(self.request(Method::POST, "/sandboxes").json(request))
+            .await
+    }
+
+    /// Lists sandboxes that are not deleted.
+    pub async fn list_sandboxes(&self, filter: &ListFilter) -> Result<Vec<Sandbox>, Error> {
+        let mut query: Vec<(String, String)> = Vec::new();
+        if let Some(state) = filter.state {
+            query.push(("state".into(), state.to_string()));
+        }
+        for (key, value) in &filter.metadata {
+            query.push((format!("metadata.{key}"), value.clone()));
+        }
+        let list: SandboxList = self
+            .json(self.request(Method::GET, "/sandboxes").query(&query))
+            .await?;
+        Ok(list.sandboxes)
+    }
+
+    /// Fetches one sandbox.
+    pub async fn get_sandbox(&self, id: &str) -> Result<Sandbox, Error> {
+        self.json(self.request(Method::GET, &format!("/sandboxes/{id}")))
+            .await
+    }
+
+    /// Deletes a sandbox; deleting a deleted sandbox succeeds.
+    pub async fn delete_sandbox(&self, id: &str) -> Result<(), Error> {
+        self.empty(self.request(Method::DELETE, &format!("/sandboxes/{id}")))
+            .await
+    }
+
+    /// Applies a lifecycle action (`start`, `stop`, `pause`, `resume`) and returns the sandbox.
+    pub async fn lifecycle(&self, id: &str, action: &str) -> Result<Sandbox, Error> {
+        self.json(self.request(Method::POST, &format!("/sandboxes/{id}/{action}")))
+            .await
+    }
+
+    /// Runs a command and waits for its buffered result.
+    pub async fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, Error> {
+        self.json(
+            self.request(Method::POST, &format!("/sandboxes/{id}/exec"))
+                .json(request),
+        )
+        .await
+    }
+
+    /// Streams a file out of a sandbox.
+    pub async fn read_file(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>>, Error> {
+        let response = self
+            .send(
+                self.request(Method::GET, &format!("/sandboxes/{id}/files"))
+                    .query(&[("path", path)]),
+            )
+            .await?;
+        Ok(response.bytes_stream())
+    }
+
+    /// Streams `body` into a file in a sandbox, creating parent directories.
+    pub async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<(), Error> {
+        self.empty(
+            self.request(Method::PUT, &format!("/sandboxes/{id}/files"))
+                .query(&[("path", path)])
+                .body(body),
+        )
+        .await
+    }
+
+    /// Lists a directory in a sandbox.
+    pub async fn list_files(&self, id: &str, path: &str) -> Result<Vec<FileEntry>, Error> {
+        let list: FileList = self
+            .json(
+                self.request(Method::GET, &format!("/sandboxes/{id}/files/list"))
+                    .query(&[("path", path)]),
+            )
+            .await?;
+        Ok(list.entries)
+    }
+
+    /// Creates a directory and its parents in a sandbox.
+    pub async fn make_dir(&self, id: &str, path: &str) -> Result<(), Error> {
+        self.empty(
+            self.request(Method::POST, &format!("/sandboxes/{id}/files/mkdir"))
+                .query(&[("path", path)]),
+        )
+        .await
+    }
+
+    /// Removes a file or a directory tree in a sandbox.
+    pub async fn remove_file(&self, id: &str, path: &str) -> Result<(), Error> {
+        self.empty(
+            self.request(Method::DELETE, &format!("/sandboxes/{id}/files"))
+                .query(&[("path", path)]),
+        )
+        .await
+    }
+
+    /// Snapshots a sandbox.
+    pub async fn create_snapshot(&self, id: &str) -> Result<Snapshot, Error> {
+        self.json(self.request(Method::POST, &format!("/sandboxes/{id}/snapshot")))
+            .await
+    }
+
+    /// Lists snapshots.
+    pub async fn list_snapshots(&self) -> Result<Vec<Snapshot>, Error> {
+        let list: SnapshotList = self.json(self.request(Method::GET, "/snapshots")).await?;
+        Ok(list.snapshots)
+    }
+
+    /// Creates a new sandbox from a snapshot.
+    pub async fn restore_snapshot(
+        &self,
+        snapshot_id: &str,
+        request: &RestoreRequest,
+    ) -> Result<Sandbox, Error> {
+        self.json(
+            self.request(Method::POST, &format!("/snapshots/{snapshot_id}/restore"))
+                .json(request),
+        )
+        .await
+    }
+
+    /// Deletes a snapshot.
+    pub async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), Error> {
+        self.empty(self.request(Method::DELETE, &format!("/snapshots/{snapshot_id}")))
+            .await
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self.http.request(method, format!("{}{}", self.base, path));
+        match &self.api_key {
+            Some(key) => builder.header("X-API-Key", key),
+            None => builder,
+        }
+    }
+
+    async fn send(&self, builder: RequestBuilder) -> Result<Response, Error> {
+        let request = builder.build().map_err(|source| Error::Http {
+            url: self.base.clone(),
+            source,
+        })?;
+        let url = request.url().to_string();
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|source| Error::Http {
+                url: url.clone(),
+                source,
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str::<ErrorBody>(&text).unwrap_or_else(|_| {
+            ErrorBody::new(
+                "http_error",
+                format!(
+                    "{} from {url}: {}",
+                    status,
+                    if text.is_empty() { "no body" } else { &text }
+                ),
+            )
+        });
+        Err(Error::Api {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T, Error> {
+        let response = self.send(builder).await?;
+        let url = response.url().to_string();
+        response
+            .json()
+            .await
+            .map_err(|source| Error::Http { url, source })
+    }
+
+    async fn empty(&self, builder: RequestBuilder) -> Result<(), Error> {
+        self.send(builder).await?;
+        Ok(())
+    }
+}

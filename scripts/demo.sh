@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The main job end to end: set up the machine, build the base template, start a gitvm server,
+# create a sandbox, upload a small Python project through the files API, run its unit tests in
+# the sandbox, print their output, and clean up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh release
+gitvm=target/x86_64-unknown-linux-gnu/release/gitvm
+port=${GITVM_DEMO_PORT:-8080}
+data_dir=${GITVM_DEMO_DATA_DIR:-$(mktemp -d /tmp/gitvm-demo.XXXXXX)}
+
+echo "==> building the base template (Debian bookworm; cached after the first run)" >&2
+"$gitvm" template build base
+
+echo "==> starting gitvm server on 127.0.0.1:$port (data: $data_dir)" >&2
+server_log="$data_dir/server.log"
+"$gitvm" server start --port "$port" --data-dir "$data_dir" >"$data_dir/server.out" 2>"$server_log" &
+server_pid=$!
+sandbox=""
+cleanup() {
+  [ -n "$sandbox" ] && "$gitvm" vm rm "$sandbox" >/dev/null 2>&1 || true
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+  grep -q 'listening on' "$data_dir/server.out" 2>/dev/null && break
+  kill -0 "$server_pid" 2>/dev/null || { cat "$server_log" >&2; exit 1; }
+  sleep 0.1
+done
+export GITVM_SERVER="http://127.0.0.1:$port"
+
+sandbox=$("$gitvm" vm create --timeout 600)
+echo "==> sandbox $sandbox is running" >&2
+
+for file in examples/pyproject/*.py; do
+  "$gitvm" vm files put "$sandbox" "$file" "/work/pyproject/$(basename "$file")"
+done
+"$gitvm" vm files ls "$sandbox" /work/pyproject
+
+echo "==> running the project's unit tests inside the sandbox" >&2
+"$gitvm" vm exec "$sandbox" --cwd /work/pyproject -- python3 -m unittest -v
+echo "==> done: the tests above ran with $("$gitvm" vm exec "$sandbox" -- python3 --version) in sandbox $sandbox" >&2
