@@ -119,7 +119,7 @@ fn import_broken_image(tag: &str) {
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "tar -C '{}' -c . | docker import - {tag} >/dev/null",
+            "docker rmi -f {tag} >/dev/null 2>&1; tar -C '{}' -c . | docker import - {tag} >/dev/null",
             tree.path().display()
         ))
         .status()

@@ -81,3 +81,67 @@ async fn snapshot_of_paused_and_stopped_sandboxes() {
         (409, "invalid_state".to_string())
     );
 }
+
+/// Whether Docker still has an image for `reference`.
+fn image_exists(reference: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["image", "inspect", reference])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test]
+async fn snapshot_delete_while_restored_sandbox_runs() {
+    let server = Server::start();
+    let source = server.create().await;
+    let written = server
+        .exec(&source.id, "mkdir -p /work && echo v1 > /work/v")
+        .await;
+    assert_eq!(written.exit_code, 0, "{}", written.stderr);
+    let snapshot = server.client.create_snapshot(&source.id).await.unwrap();
+    let restored = server
+        .client
+        .restore_snapshot(
+            &snapshot.id,
+            &RestoreRequest {
+                timeout: Some(600),
+                metadata: None,
+            },
+        )
+        .await
+        .unwrap();
+    let image_id = String::from_utf8(
+        std::process::Command::new("docker")
+            .args([
+                "inspect",
+                "--format",
+                "{{.Image}}",
+                &format!("gitvm-{}", restored.id),
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+
+    server.client.delete_snapshot(&snapshot.id).await.unwrap();
+    assert!(server.client.list_snapshots().await.unwrap().is_empty());
+    assert_eq!(
+        server.exec(&restored.id, "cat /work/v").await.stdout,
+        "v1\n"
+    );
+    assert!(
+        image_exists(&image_id),
+        "image removed while a sandbox uses it"
+    );
+
+    server.client.delete_sandbox(&restored.id).await.unwrap();
+    assert!(
+        !image_exists(&image_id),
+        "unused snapshot image {image_id} was left behind"
+    );
+}

@@ -173,8 +173,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if self.child.is_some() {
-            let client = self.client.clone();
-            // Drop cannot be async: delete what the test left behind on a runtime of its own.
+            // Drop cannot be async: delete what the test left behind on a runtime of its own,
+            // with a client of its own, because the test's client keeps its connections on the
+            // test's runtime, which is blocked here.
+            let client = Client::new(&self.url, self.api_key.clone()).expect("cleanup client");
             let _ = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -115,6 +115,15 @@ impl DockerRuntime {
     /// Force-removes a sandbox's container with its anonymous volumes, then its host
     /// directory. Either being gone already is success.
     pub(super) async fn delete_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let image = self
+            .docker
+            .inspect_container(
+                &container_name(id),
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|container| container.image);
         let options = RemoveContainerOptions {
             force: true,
             v: true,
@@ -128,6 +137,9 @@ impl DockerRuntime {
             Ok(()) => {}
             Err(err) if is_not_found(&err) => {}
             Err(err) => return Err(sandbox_error("delete", id, err)),
+        }
+        if let Some(image) = image {
+            self.remove_orphan_snapshot_image(&image).await;
         }
 
         let dir = self.sandbox_dir(id);

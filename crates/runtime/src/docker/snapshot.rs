@@ -50,6 +50,9 @@ impl DockerRuntime {
             .await
             .map_err(|err| sandbox_error("snapshot", id, err))?;
         let image_id = committed.id;
+        // Restores and deletes go through the tag: removing a tag that a running sandbox still
+        // uses only untags it, where removing the image id would fail with a conflict.
+        let reference = format!("{SNAPSHOT_REPO}:{snapshot_id}");
 
         let inspect =
             self.docker
@@ -75,12 +78,14 @@ impl DockerRuntime {
 
         Ok(SnapshotInfo {
             kind: SnapshotKind::Filesystem,
-            image: image_id,
+            image: reference,
             size_bytes,
         })
     }
 
-    /// Force-removes a snapshot's image; an image that is already gone is success.
+    /// Removes a snapshot's tag, and its image unless sandboxes restored from it still use
+    /// it; [`DockerRuntime::remove_orphan_snapshot_image`] removes such an image later. An image
+    /// that is already gone is success.
     pub(super) async fn remove_snapshot(
         &self,
         snapshot: &SnapshotInfo,
@@ -108,4 +113,49 @@ impl DockerRuntime {
         tracing::info!(image = %snapshot.image, runtime = RUNTIME, "snapshot image removed");
         Ok(())
     }
+
+    /// Removes the image of a deleted snapshot once no container uses it any more: an untagged
+    /// image carrying [`LABEL_SNAPSHOT`]. Failures are logged, because the sandbox is gone
+    /// either way.
+    pub(super) async fn remove_orphan_snapshot_image(&self, image_id: &str) {
+        let Ok(image) = self.docker.inspect_image(image_id).await else {
+            return;
+        };
+        let is_snapshot = image
+            .config
+            .as_ref()
+            .and_then(|config| config.labels.as_ref())
+            .is_some_and(|labels| labels.contains_key(LABEL_SNAPSHOT));
+        let untagged = image.repo_tags.as_ref().is_none_or(|tags| tags.is_empty());
+        if !is_snapshot || !untagged {
+            return;
+        }
+        match self
+            .docker
+            .remove_image(image_id, None::<RemoveImageOptions>, None)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(image = %image_id, runtime = RUNTIME, "unused snapshot image removed")
+            }
+            // Another sandbox restored from the same snapshot still uses it.
+            Err(err) if is_conflict(&err) => {}
+            Err(err) => tracing::warn!(
+                image = %image_id,
+                runtime = RUNTIME,
+                error = %docker_message(&err),
+                "cannot remove unused snapshot image"
+            ),
+        }
+    }
+}
+
+fn is_conflict(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
 }
