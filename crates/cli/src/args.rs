@@ -66,35 +66,7 @@ pub struct AgentArgs {
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Start a standalone node serving the REST API, with the Docker runtime.
-    Start(ServerStart),
-}
-
-#[derive(Debug, Args)]
-pub struct ServerStart {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-
-    /// TCP port to listen on; 0 picks a free port.
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
-
-    /// Directory for the database, sandbox sockets and the agent binary.
-    /// [default: /var/lib/gitvm for root, else ~/.local/share/gitvm]
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-
-    /// Require this key in `X-API-Key` or `Authorization: Bearer` on every route but /health.
-    #[arg(long, env = "GITVM_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-
-    /// Time to live, in seconds, of sandboxes created without `timeout`; 0 means never.
-    #[arg(long, default_value_t = 300)]
-    pub default_timeout: i64,
-
-    /// Seconds to wait for a new sandbox's agent before the create fails.
-    #[arg(long, default_value_t = 30)]
-    pub ready_timeout: u64,
+    Start(gitvm_node::cli::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     // The agent runs as PID 1 inside sandboxes and builds its own single-threaded runtime, so it
     // must start before any other runtime exists.
     if let Command::Agent(agent) = cli.command {
-        server::init_logging();
+        gitvm_node::cli::init_logging();
         return match gitvm_agent::server::run(gitvm_agent::server::AgentConfig {
             socket: agent.socket,
         }) {

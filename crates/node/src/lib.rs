@@ -12,6 +12,7 @@
 //! ```
 
 pub mod api;
+pub mod cli;
 mod config;
 pub mod ids;
 pub mod metrics;

@@ -1,0 +1,64 @@
+//! Command-line flags and logging shared by `gitvm server start` and `gitvm-node`.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::NodeConfig;
+
+/// Flags that configure a node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address the REST API listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// TCP port of the REST API; 0 picks a free port.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Directory of the database, sandbox sockets and the agent binary
+    /// [default: /var/lib/gitvm for root, else $XDG_DATA_HOME/gitvm or ~/.local/share/gitvm].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+
+    /// API key clients must send as `X-API-Key` or `Authorization: Bearer` on every route but
+    /// /health; unset leaves the API open.
+    #[arg(long, env = "GITVM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Time to live, in seconds, of sandboxes created without `timeout`; 0 means never.
+    #[arg(long, default_value_t = 300)]
+    pub default_timeout: i64,
+
+    /// Seconds that create and start wait for a sandbox's agent before they fail.
+    #[arg(long, default_value_t = 30)]
+    pub ready_timeout: u64,
+}
+
+impl ServeArgs {
+    /// Builds the node configuration, with `agent_bin` as the binary mounted into sandboxes.
+    pub fn into_config(self, agent_bin: PathBuf) -> NodeConfig {
+        NodeConfig {
+            listen: SocketAddr::new(self.host, self.port),
+            data_dir: self.data_dir.unwrap_or_else(NodeConfig::default_data_dir),
+            api_key: self.api_key.filter(|key| !key.is_empty()),
+            agent_bin,
+            default_timeout_secs: self.default_timeout,
+            ready_timeout: Duration::from_secs(self.ready_timeout),
+            ..NodeConfig::default()
+        }
+    }
+}
+
+/// Sends logs to stderr, filtered by `RUST_LOG` (default `info`), in colour on a terminal only.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
