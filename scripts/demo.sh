@@ -8,7 +8,14 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh release
 gitvm=target/x86_64-unknown-linux-gnu/release/gitvm
 port=${GITVM_DEMO_PORT:-8080}
-data_dir=${GITVM_DEMO_DATA_DIR:-$(mktemp -d /tmp/gitvm-demo.XXXXXX)}
+# A data directory made here is removed at the end; one given in GITVM_DEMO_DATA_DIR is kept.
+if [ -n "${GITVM_DEMO_DATA_DIR:-}" ]; then
+  data_dir=$GITVM_DEMO_DATA_DIR
+  keep_data_dir=1
+else
+  data_dir=$(mktemp -d /tmp/gitvm-demo.XXXXXX)
+  keep_data_dir=0
+fi
 
 echo "==> building the base template (Debian bookworm; cached after the first run)" >&2
 "$gitvm" template build base
@@ -22,13 +29,23 @@ cleanup() {
   [ -n "$sandbox" ] && "$gitvm" vm rm "$sandbox" >/dev/null 2>&1 || true
   kill "$server_pid" 2>/dev/null || true
   wait "$server_pid" 2>/dev/null || true
+  [ "$keep_data_dir" = 1 ] || rm -rf "$data_dir"
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do
   grep -q 'listening on' "$data_dir/server.out" 2>/dev/null && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$server_log" >&2; exit 1; }
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "error: the server exited; its log follows (is port $port in use? set GITVM_DEMO_PORT)" >&2
+    cat "$server_log" >&2
+    exit 1
+  fi
   sleep 0.1
 done
+if ! grep -q 'listening on' "$data_dir/server.out"; then
+  echo "error: the server did not start listening within 10 s; its log follows" >&2
+  cat "$server_log" >&2
+  exit 1
+fi
 export GITVM_SERVER="http://127.0.0.1:$port"
 
 sandbox=$("$gitvm" vm create --timeout 600)

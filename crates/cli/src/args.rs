@@ -47,7 +47,7 @@ pub enum Command {
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
 
-    /// Build and list sandbox templates.
+    /// Build sandbox templates.
     #[command(subcommand)]
     Template(TemplateCommand),
 
@@ -197,7 +197,8 @@ pub struct VmExec {
 
 #[derive(Debug, Subcommand)]
 pub enum FilesCommand {
-    /// Copy a file out of a sandbox to LOCAL, or to standard output when LOCAL is `-` or absent.
+    /// Copy a file out of a sandbox to LOCAL (into it, when LOCAL is a directory), or to
+    /// standard output when LOCAL is `-` or absent.
     Get {
         /// Sandbox id.
         id: String,
@@ -207,7 +208,8 @@ pub enum FilesCommand {
         local: Option<PathBuf>,
     },
 
-    /// Copy LOCAL (or standard input when `-`) into a sandbox, creating parent directories.
+    /// Copy LOCAL (or standard input when `-`) into a sandbox, creating parent directories; a
+    /// PATH ending in `/` is a directory to put the file into.
     Put {
         /// Sandbox id.
         id: String,

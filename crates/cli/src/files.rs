@@ -32,11 +32,18 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<()> {
 async fn get(client: &Client, id: &str, path: &str, local: Option<&Path>) -> Result<()> {
     let mut stream = client.read_file(id, path).await?;
     let mut out: Box<dyn tokio::io::AsyncWrite + Unpin> = match local {
-        Some(local) if local != Path::new("-") => Box::new(
-            tokio::fs::File::create(local)
-                .await
-                .with_context(|| format!("cannot create local file {}", local.display()))?,
-        ),
+        Some(local) if local != Path::new("-") => {
+            let target = if local.is_dir() {
+                local.join(file_name(path)?)
+            } else {
+                local.to_path_buf()
+            };
+            Box::new(
+                tokio::fs::File::create(&target)
+                    .await
+                    .with_context(|| format!("cannot create local file {}", target.display()))?,
+            )
+        }
         _ => Box::new(tokio::io::stdout()),
     };
     while let Some(chunk) = stream.next().await {
@@ -48,6 +55,20 @@ async fn get(client: &Client, id: &str, path: &str, local: Option<&Path>) -> Res
 }
 
 async fn put(client: &Client, id: &str, local: &Path, path: &str) -> Result<()> {
+    let path = if path.ends_with('/') {
+        let name = local
+            .file_name()
+            .filter(|_| local != Path::new("-"))
+            .with_context(|| {
+                format!(
+                    "destination `{path}` is a directory; name the file to write standard input to"
+                )
+            })?;
+        format!("{path}{}", name.to_string_lossy())
+    } else {
+        path.to_string()
+    };
+    let path = path.as_str();
     let body = if local == Path::new("-") {
         reqwest::Body::wrap_stream(ReaderStream::new(tokio::io::stdin()))
     } else {
@@ -58,4 +79,13 @@ async fn put(client: &Client, id: &str, local: &Path, path: &str) -> Result<()> 
     };
     client.write_file(id, path, body).await?;
     Ok(())
+}
+
+/// Last component of a sandbox path, for naming a download in a local directory.
+fn file_name(path: &str) -> Result<&str> {
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|name| !name.is_empty())
+        .with_context(|| format!("`{path}` names no file to download"))
 }

@@ -33,6 +33,10 @@ fn main() -> ExitCode {
         };
     }
 
+    if !matches!(cli.command, Command::Server(_)) {
+        restore_default_sigpipe();
+    }
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,6 +48,16 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli))
+}
+
+/// Lets a client command end quietly when its output pipe closes (`gitvm vm list | head -1`),
+/// as other Unix tools do; Rust ignores SIGPIPE by default, which turns the closed pipe into a
+/// panic in `println!`.
+fn restore_default_sigpipe() {
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 async fn run(cli: Cli) -> ExitCode {
@@ -58,7 +72,24 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
+            if let Some(hint) = hint(&error) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Suggests the next step for errors whose fix is outside gitvm.
+pub fn hint(error: &anyhow::Error) -> Option<&'static str> {
+    let sdk_error = error.downcast_ref::<gitvm_sdk::Error>()?;
+    match sdk_error {
+        gitvm_sdk::Error::Http { source, .. } if source.is_connect() => Some(
+            "is the server running? Start one with `gitvm server start`, or point GITVM_SERVER (or --server) at it",
+        ),
+        gitvm_sdk::Error::Api { status: 401, .. } => {
+            Some("set GITVM_API_KEY (or --api-key) to the key the server was started with")
+        }
+        _ => None,
     }
 }

@@ -95,6 +95,9 @@ async fn exec(client: &Client, args: VmExec) -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
+            if let Some(hint) = crate::hint(&error) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(EXIT_GITVM_FAILED)
         }
     }

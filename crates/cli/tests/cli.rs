@@ -164,3 +164,62 @@ fn bad_env_pair_is_rejected_before_any_request() {
         stderr(&output)
     );
 }
+
+#[tokio::test]
+async fn files_to_directories_keep_names() {
+    let server = Server::start();
+    let id = stdout(&server.cli(&["vm", "create", "--timeout", "600"]))
+        .trim()
+        .to_string();
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("report.txt");
+    std::fs::write(&source, "numbers\n").unwrap();
+
+    let put = server.cli(&[
+        "vm",
+        "files",
+        "put",
+        &id,
+        source.to_str().unwrap(),
+        "/work/out/",
+    ]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    let cat = server.cli(&["vm", "exec", &id, "--", "cat", "/work/out/report.txt"]);
+    assert_eq!(stdout(&cat), "numbers\n");
+
+    let downloads = tempfile::tempdir().unwrap();
+    let get = server.cli(&[
+        "vm",
+        "files",
+        "get",
+        &id,
+        "/work/out/report.txt",
+        downloads.path().to_str().unwrap(),
+    ]);
+    assert!(get.status.success(), "{}", stderr(&get));
+    assert_eq!(
+        std::fs::read_to_string(downloads.path().join("report.txt")).unwrap(),
+        "numbers\n"
+    );
+}
+
+#[tokio::test]
+async fn closed_output_pipe_ends_quietly() {
+    let server = Server::start();
+    let id = stdout(&server.cli(&["vm", "create", "--timeout", "600"]))
+        .trim()
+        .to_string();
+    let script = format!(
+        "'{}' vm exec {id} -- 'seq 1 200000' | head -1; echo \"status=${{PIPESTATUS[0]}}\"",
+        common::gitvm_bin().display()
+    );
+    let output = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("GITVM_SERVER", &server.url)
+        .output()
+        .unwrap();
+    // 141 = 128 + SIGPIPE, what `seq 1 200000 | head -1` reports for seq too.
+    assert_eq!(stdout(&output), "1\nstatus=141\n");
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+}
