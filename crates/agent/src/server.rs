@@ -4,6 +4,7 @@
 mod exec;
 mod files;
 mod reaper;
+mod signals;
 mod users;
 
 use std::convert::Infallible;
@@ -21,9 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use nix::sys::signal::Signal;
 use tokio::net::UnixListener;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -57,7 +56,8 @@ pub struct AgentConfig {
 }
 
 /// Runs the agent until SIGTERM, SIGINT or SIGHUP: binds the socket, serves connections, and
-/// on a signal forwards it to every command and waits for them to exit.
+/// on a signal forwards it to every command and waits for them to exit. As PID 1 it ignores
+/// these signals when a process inside its PID namespace sends them.
 pub fn run(config: AgentConfig) -> io::Result<()> {
     limit_malloc_retention();
 
@@ -86,9 +86,7 @@ fn limit_malloc_retention() {
 }
 
 async fn run_until_signal(config: AgentConfig) -> io::Result<()> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
+    let mut signals = signals::ShutdownSignals::install(reaper::is_init())?;
 
     let listener = bind(&config.socket)?;
     tracing::info!(
@@ -102,9 +100,7 @@ async fn run_until_signal(config: AgentConfig) -> io::Result<()> {
     let connections = TaskTracker::new();
     let received = tokio::select! {
         result = serve_until(listener, shutdown.clone(), connections.clone()) => return result,
-        _ = terminate.recv() => Signal::SIGTERM,
-        _ = interrupt.recv() => Signal::SIGINT,
-        _ = hangup.recv() => Signal::SIGHUP,
+        received = signals.recv() => received?,
     };
     reaper::shut_down(received, SHUTDOWN_GRACE).await;
 
@@ -328,6 +324,15 @@ impl ApiError {
             io::ErrorKind::IsADirectory => {
                 Self::bad_request("is_a_directory", format!("{what} `{shown}` is a directory"))
             }
+            io::ErrorKind::ReadOnlyFilesystem => Self::new(
+                StatusCode::FORBIDDEN,
+                "read_only",
+                format!("{what} `{shown}` is on a read-only file system"),
+            ),
+            io::ErrorKind::InvalidFilename => Self::bad_request(
+                "invalid_path",
+                format!("{what} `{shown}` has a file name longer than its file system allows (255 bytes on most)"),
+            ),
             io::ErrorKind::AlreadyExists => Self::new(
                 StatusCode::CONFLICT,
                 "already_exists",

@@ -24,7 +24,7 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
 
     /// API key clients must send as `X-API-Key` or `Authorization: Bearer` on every route but
-    /// /health; unset leaves the API open.
+    /// /health; unset leaves the API open, and an empty key is rejected at start.
     #[arg(long, env = "GITVM_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
@@ -43,7 +43,8 @@ impl ServeArgs {
         NodeConfig {
             listen: SocketAddr::new(self.host, self.port),
             data_dir: self.data_dir.unwrap_or_else(NodeConfig::default_data_dir),
-            api_key: self.api_key.filter(|key| !key.is_empty()),
+            // An empty key is kept, so that `serve` rejects it instead of leaving the API open.
+            api_key: self.api_key,
             agent_bin,
             default_timeout_secs: self.default_timeout,
             ready_timeout: Duration::from_secs(self.ready_timeout),

@@ -12,7 +12,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Directory of the database and of the runtime's per-sandbox files.
     pub data_dir: PathBuf,
-    /// Key clients must send; `None` leaves the API open.
+    /// Key clients must send; `None` leaves the API open, and [`crate::serve`] rejects an
+    /// empty key.
     pub api_key: Option<String>,
     /// The `gitvm` binary that runs as the agent inside every sandbox.
     pub agent_bin: PathBuf,

@@ -15,6 +15,7 @@ pub mod api;
 pub mod cli;
 mod config;
 pub mod ids;
+pub mod lock;
 pub mod metrics;
 pub mod reaper;
 pub mod reconcile;

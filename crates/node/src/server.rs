@@ -8,6 +8,7 @@ use gitvm_runtime::docker::{DockerConfig, DockerRuntime};
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::lock::DataDirLock;
 use crate::sandbox::{validate, HostLimits, Node, Settings};
 use crate::store::Store;
 use crate::{reaper, reconcile, NodeConfig};
@@ -19,6 +20,7 @@ use crate::{reaper, reconcile, NodeConfig};
 /// `gitvm server listening on http://ADDR`.
 pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     validate::timeout(config.default_timeout_secs).context("invalid --default-timeout")?;
+    check_api_key(&config)?;
     if !config.agent_bin.is_file() {
         bail!(
             "agent binary {} not found; build it with `cargo build -p gitvm-cli` or pass --agent-bin",
@@ -26,6 +28,9 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         );
     }
 
+    // Held until this function returns, so that a second node on the same directory fails
+    // here instead of reconciling away this node's sandboxes.
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
     let store = Store::open(&config.data_dir).await?;
     let node_id = store.node_id().await?;
     let runtime = DockerRuntime::connect(DockerConfig {
@@ -73,6 +78,21 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     reaper.abort();
     served.context("the API server failed")?;
     tracing::info!(%addr, "node stopped; sandboxes keep running");
+    Ok(())
+}
+
+/// Rejects an empty API key, which would otherwise be indistinguishable from no key, and warns
+/// when the API is open on an address other hosts can reach.
+fn check_api_key(config: &NodeConfig) -> anyhow::Result<()> {
+    match config.api_key.as_deref() {
+        Some("") => bail!("--api-key is empty; pass a non-empty key or leave the option out"),
+        Some(_) => {}
+        None if !config.listen.ip().is_loopback() => tracing::warn!(
+            listen = %config.listen,
+            "no API key set and the API listens on a non-loopback address: anyone on the network can run commands in sandboxes; pass --api-key"
+        ),
+        None => {}
+    }
     Ok(())
 }
 

@@ -592,3 +592,138 @@ async fn non_utf8_path_is_400_json() {
         "invalid path: Invalid URL: Invalid UTF-8 in `id`"
     );
 }
+
+#[tokio::test]
+async fn bearer_scheme_is_case_insensitive() {
+    let fx = fixture(Some(KEY)).await;
+
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let request = Request::get("/sandboxes")
+            .header(header::AUTHORIZATION, format!("{scheme} {KEY}"))
+            .body(Body::empty())
+            .unwrap();
+        let (status, _) = send(&fx.router, request).await;
+        assert_eq!(status, StatusCode::OK, "scheme {scheme}");
+    }
+}
+
+#[tokio::test]
+async fn list_state_deleted_returns_tombstones() {
+    let fx = fixture(None).await;
+    insert(&fx.node, "sb-listdel00001", SandboxState::Running).await;
+    insert(&fx.node, "sb-listdel00002", SandboxState::Deleted).await;
+
+    let (status, body) = send(&fx.router, get("/sandboxes?state=deleted")).await;
+
+    assert_eq!(status, StatusCode::OK);
+    let list: SandboxList = serde_json::from_slice(&body).unwrap();
+    let ids: Vec<_> = list.sandboxes.into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, ["sb-listdel00002"]);
+}
+
+#[tokio::test]
+async fn list_ambiguous_filter_is_400() {
+    let fx = fixture(None).await;
+
+    let (repeated, repeated_body) =
+        send(&fx.router, get("/sandboxes?state=running&state=paused")).await;
+    let (empty_key, empty_key_body) = send(&fx.router, get("/sandboxes?metadata.=x")).await;
+
+    assert_eq!(repeated, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        error_body(&repeated_body).message,
+        "query parameter `state` is given more than once; pass one state such as `state=running`"
+    );
+    assert_eq!(empty_key, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        error_body(&empty_key_body).message,
+        "query parameter `metadata.` has an empty key; filter with `metadata.KEY=VALUE`"
+    );
+}
+
+#[tokio::test]
+async fn create_oversized_env_is_400() {
+    let fx = fixture(None).await;
+    let body = serde_json::json!({"envVars": {"BIG": "x".repeat(200_000)}}).to_string();
+
+    let (status, body) = send(&fx.router, post_json("/sandboxes", &body)).await;
+
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = error_body(&body);
+    assert_eq!(error.code, "invalid_request");
+    assert_eq!(
+        error.message,
+        "invalid envVars entry \"BIG\": `KEY=VALUE` is 200004 bytes, but Linux limits one environment string to less than 131072 bytes; pass large data as a file"
+    );
+    assert!(fx.node.list(&Default::default()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn exec_with_oversized_command_or_env_is_400() {
+    let fx = fixture(None).await;
+    insert(&fx.node, "sb-bigexec00001", SandboxState::Running).await;
+    let exec =
+        |json: serde_json::Value| post_json("/sandboxes/sb-bigexec00001/exec", &json.to_string());
+
+    let (command_status, command_body) = send(
+        &fx.router,
+        exec(serde_json::json!({"command": format!("echo {}", "z".repeat(140_000))})),
+    )
+    .await;
+    let (env_status, env_body) = send(
+        &fx.router,
+        exec(serde_json::json!({"command": "true", "env": {"BIG": "x".repeat(131_068)}})),
+    )
+    .await;
+
+    assert_eq!(command_status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        error_body(&command_body).message,
+        "invalid command: it is 140005 bytes, but Linux limits one argument to less than 131072 bytes; write a script with PUT /sandboxes/{id}/files and run that"
+    );
+    assert_eq!(env_status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        error_body(&env_body).message,
+        "invalid env entry \"BIG\": `KEY=VALUE` is 131072 bytes, but Linux limits one environment string to less than 131072 bytes; pass large data as a file"
+    );
+}
+
+#[tokio::test]
+async fn exec_merged_env_over_total_is_400() {
+    let fx = fixture(None).await;
+    let mut big = record(
+        "sb-bigmerge0001",
+        SandboxState::Running,
+        "2026-01-01T00:00:00Z",
+        None,
+    );
+    big.sandbox.env_vars = (0..5)
+        .map(|i| (format!("S{i}"), "s".repeat(120_000)))
+        .collect();
+    fx.node.store().insert_sandbox(&big).await.unwrap();
+    // Each entry passes alone, and the request body stays under the 1 MiB JSON limit, but
+    // the sandbox's envVars and the request's env exceed 1 MiB together.
+    let env: serde_json::Map<String, serde_json::Value> = (0..4)
+        .map(|i| {
+            (
+                format!("R{i}"),
+                serde_json::Value::from("r".repeat(120_000)),
+            )
+        })
+        .collect();
+
+    let (status, body) = send(
+        &fx.router,
+        post_json(
+            "/sandboxes/sb-bigmerge0001/exec",
+            &serde_json::json!({"command": "true", "env": env}).to_string(),
+        ),
+    )
+    .await;
+
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        error_body(&body).message,
+        "invalid command and env: together with the sandbox's envVars they are 1080041 bytes, over the limit of 1048576 bytes for the environment and command of a process; pass large data as a file"
+    );
+}

@@ -54,3 +54,61 @@ async fn http_get(url: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_string()
 }
+
+#[test]
+fn empty_api_key_fails_at_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let binary = env!("CARGO_BIN_EXE_gitvm-node");
+    let from_flag = Command::new(binary)
+        .args(["--port", "0", "--api-key", "", "--data-dir"])
+        .arg(data_dir.path())
+        .args(["--agent-bin", binary])
+        .env_remove("GITVM_API_KEY")
+        .output()
+        .unwrap();
+    let from_env = Command::new(binary)
+        .args(["--port", "0", "--data-dir"])
+        .arg(data_dir.path())
+        .args(["--agent-bin", binary])
+        .env("GITVM_API_KEY", "")
+        .output()
+        .unwrap();
+
+    for output in [from_flag, from_env] {
+        assert!(!output.status.success());
+        assert!(output.stdout.is_empty(), "the API must not start");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--api-key is empty; pass a non-empty key or leave the option out"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn second_node_on_locked_data_dir_fails() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let _held = gitvm_node::lock::DataDirLock::acquire(data_dir.path()).unwrap();
+    let binary = env!("CARGO_BIN_EXE_gitvm-node");
+
+    let output = Command::new(binary)
+        .args(["--port", "0", "--data-dir"])
+        .arg(data_dir.path())
+        .args(["--agent-bin", binary])
+        .output()
+        .unwrap();
+
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "the API must not start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "data directory {} is in use by another gitvm server (pid {}); stop it or pass another --data-dir",
+        data_dir.path().display(),
+        std::process::id()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        !data_dir.path().join("gitvm.db").exists(),
+        "the store must not be opened"
+    );
+}

@@ -200,7 +200,8 @@ async fn list_filters_and_hides_tombstones() {
         state: Some(SandboxState::Deleted),
         ..SandboxFilter::default()
     };
-    assert!(store.list_sandboxes(&deleted).await.unwrap().is_empty());
+    let deleted = store.list_sandboxes(&deleted).await.unwrap();
+    assert_eq!(ids(deleted), ["sb-list00000004"]);
     let tombstone = store.get_sandbox("sb-list00000004").await.unwrap().unwrap();
     assert_eq!(tombstone.sandbox.state, SandboxState::Deleted);
 }

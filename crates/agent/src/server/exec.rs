@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gitvm_proto::{ExecRequest, ExecResult, EXEC_OUTPUT_LIMIT, EXIT_CODE_TIMED_OUT};
+use http::StatusCode;
 use nix::sys::wait::WaitStatus;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -42,15 +43,8 @@ pub(super) async fn exec(request: ExecRequest) -> Result<ExecResult, ApiError> {
     let started = Instant::now();
 
     let mut command = build_command(&plan);
-    let (mut child, exit) = reaper::spawn_tracked(&mut command).map_err(|error| {
-        ApiError::internal(
-            "spawn_failed",
-            format!(
-                "cannot start `{SHELL}` as user `{}`: {error}",
-                plan.account.name
-            ),
-        )
-    })?;
+    let (mut child, exit) = reaper::spawn_tracked(&mut command)
+        .map_err(|error| spawn_error(&error, &plan.account.name))?;
     let pgid = child.id() as i32;
     let mut guard = GroupGuard { pgid, armed: true };
     tracing::info!(pid = pgid, user = %plan.account.name, cwd = %plan.cwd.display(), "exec started");
@@ -126,6 +120,12 @@ fn prepare(request: ExecRequest) -> Result<Plan, ApiError> {
             "command is empty; pass a shell command line such as `ls -la`",
         ));
     }
+    if request.command.contains('\0') {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "command contains a NUL byte, which no command line can carry; remove it",
+        ));
+    }
     let timeout = parse_timeout(request.timeout)?;
     if !Path::new(SHELL).exists() {
         return Err(ApiError::bad_request(
@@ -168,6 +168,42 @@ fn prepare(request: ExecRequest) -> Result<Plan, ApiError> {
         account,
         timeout,
     })
+}
+
+/// Maps a failure to start the shell: arguments and environment over the kernel's limits are
+/// the caller's to fix, and EAGAIN means the sandbox has no room for another process.
+fn spawn_error(error: &io::Error, user: &str) -> ApiError {
+    match error.raw_os_error() {
+        Some(libc::E2BIG) => ApiError::bad_request(
+            "invalid_request",
+            "cannot start the command: its command line and environment exceed the kernel's \
+             limits (each string under 131072 bytes, all of them about a quarter of the stack \
+             limit); pass large data as a file",
+        ),
+        Some(libc::EAGAIN) => {
+            let limit = pids_limit().map_or_else(String::new, |limit| format!(" ({limit})"));
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "resource_exhausted",
+                format!(
+                    "cannot start the command: the sandbox reached its process limit{limit}; stop some processes"
+                ),
+            )
+        }
+        _ => ApiError::internal(
+            "spawn_failed",
+            format!("cannot start `{SHELL}` as user `{user}`: {error}"),
+        ),
+    }
+}
+
+/// Reads the process limit of the sandbox's cgroup (cgroup v2 `pids.max`), when there is one.
+fn pids_limit() -> Option<u64> {
+    std::fs::read_to_string("/sys/fs/cgroup/pids.max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Converts the request's timeout in seconds; absent or 0 means no limit.
@@ -406,6 +442,26 @@ mod tests {
             parse_timeout(Some(1e30)).unwrap_err().body.code,
             "invalid_timeout"
         );
+    }
+
+    #[test]
+    fn spawn_error_maps_errno() {
+        let too_big = spawn_error(&io::Error::from_raw_os_error(libc::E2BIG), "root");
+        assert_eq!(too_big.status, StatusCode::BAD_REQUEST);
+        assert_eq!(too_big.body.code, "invalid_request");
+
+        let no_process = spawn_error(&io::Error::from_raw_os_error(libc::EAGAIN), "root");
+        assert_eq!(no_process.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(no_process.body.code, "resource_exhausted");
+        let limit = pids_limit().map_or_else(String::new, |limit| format!(" ({limit})"));
+        assert_eq!(
+            no_process.body.message,
+            format!("cannot start the command: the sandbox reached its process limit{limit}; stop some processes")
+        );
+
+        let other = spawn_error(&io::Error::from_raw_os_error(libc::EACCES), "ana");
+        assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(other.body.code, "spawn_failed");
     }
 
     #[test]

@@ -21,6 +21,12 @@ use super::{json_response, no_content, ApiError, ResponseBody};
 /// Bytes read from a file per response frame.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Linux's PATH_MAX: the size of a path, terminating NUL included, that system calls accept.
+const PATH_MAX: usize = 4096;
+
+/// Characters of an over-long path shown in its error message.
+const SHOWN_PATH_CHARS: usize = 100;
+
 /// Mode of a newly created file before the umask, as `open(2)` callers usually pass.
 const NEW_FILE_MODE: u32 = 0o666;
 
@@ -97,7 +103,7 @@ pub(super) async fn write(request: Request<Incoming>) -> Result<Response<Respons
                 ),
             )
         } else {
-            ApiError::from_io("directory", &parent, &error)
+            creation_error("directory", &parent, &error)
         }
     })?;
 
@@ -130,7 +136,7 @@ async fn write_temp(
         .mode(NEW_FILE_MODE)
         .open(temp)
         .await
-        .map_err(|error| ApiError::from_io("file", target, &error))?;
+        .map_err(|error| creation_error("file", target, &error))?;
     if let Some(mode) = mode {
         // The umask applied at open; an existing file's exact mode is kept instead.
         tokio::fs::set_permissions(temp, std::fs::Permissions::from_mode(mode))
@@ -250,7 +256,7 @@ pub(super) async fn make_dir(
     }
     tokio::fs::create_dir_all(&path)
         .await
-        .map_err(|error| ApiError::from_io("directory", &path, &error))?;
+        .map_err(|error| creation_error("directory", &path, &error))?;
     Ok(no_content())
 }
 
@@ -270,6 +276,23 @@ fn query_path(request: &Request<Incoming>) -> Result<PathBuf, ApiError> {
             )
         })?;
     let path = PathBuf::from(OsString::from_vec(percent_decode(raw)));
+    let length = path.as_os_str().len();
+    if length >= PATH_MAX {
+        // The path is not echoed whole, so that the message stays readable.
+        let shown: String = path
+            .to_string_lossy()
+            .chars()
+            .take(SHOWN_PATH_CHARS)
+            .collect();
+        return Err(ApiError::bad_request(
+            "invalid_path",
+            format!(
+                "path `{shown}…` ({length} bytes) is longer than {} bytes, the limit of Linux \
+                 (PATH_MAX {PATH_MAX} with the terminating NUL)",
+                PATH_MAX - 1
+            ),
+        ));
+    }
     if !path.is_absolute() {
         return Err(invalid_path(
             &path,
@@ -280,6 +303,48 @@ fn query_path(request: &Request<Incoming>) -> Result<PathBuf, ApiError> {
         return Err(invalid_path(&path, "contains a NUL byte"));
     }
     Ok(path)
+}
+
+/// Maps an error of creating the file or directory `path`. Procfs and sysfs return ENOENT for
+/// the creation of a new entry in a directory that exists, so ENOENT becomes `not_found` only
+/// when no existing ancestor explains it, and otherwise `read_only` or `not_supported`
+/// for that ancestor's file system.
+fn creation_error(what: &str, path: &Path, error: &io::Error) -> ApiError {
+    if error.kind() != io::ErrorKind::NotFound {
+        return ApiError::from_io(what, path, error);
+    }
+    // Parents are created before the entry itself, so the nearest existing ancestor is where
+    // the file system refused.
+    let Some(existing) = path.ancestors().skip(1).find(|dir| dir.is_dir()) else {
+        return ApiError::from_io(what, path, error);
+    };
+    if is_read_only(existing) {
+        return ApiError::from_io(
+            what,
+            path,
+            &io::Error::from(io::ErrorKind::ReadOnlyFilesystem),
+        );
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "not_supported",
+        format!(
+            "cannot create {what} `{}`: the file system of `{}` does not allow new entries there",
+            path.display(),
+            existing.display()
+        ),
+    )
+}
+
+/// True when `dir` is on a file system mounted read-only.
+fn is_read_only(dir: &Path) -> bool {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|stats| {
+            stats
+                .flags()
+                .contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
+        })
+        .unwrap_or(false)
 }
 
 fn invalid_path(path: &Path, problem: &str) -> ApiError {

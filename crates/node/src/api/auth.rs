@@ -44,7 +44,17 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?;
-    authorization.strip_prefix("Bearer ")
+    bearer_token(authorization)
+}
+
+/// Extracts the token of an `Authorization` value whose scheme is `Bearer`, in any letter case
+/// since RFC 7235 makes auth schemes case-insensitive.
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(token.trim_start_matches(' '))
 }
 
 /// Compares two byte strings in time that depends only on their lengths, so that response
@@ -59,7 +69,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
+
+    #[test]
+    fn bearer_scheme_matched_in_any_case() {
+        assert_eq!(bearer_token("Bearer KEY"), Some("KEY"));
+        assert_eq!(bearer_token("bearer KEY"), Some("KEY"));
+        assert_eq!(bearer_token("BEARER KEY"), Some("KEY"));
+        assert_eq!(bearer_token("Bearer   KEY"), Some("KEY"));
+        assert_eq!(bearer_token("Basic KEY"), None);
+        assert_eq!(bearer_token("BearerKEY"), None);
+    }
 
     #[test]
     fn constant_time_eq_compares_exactly() {

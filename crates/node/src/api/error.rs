@@ -60,6 +60,9 @@ impl From<NodeError> for ApiError {
                 };
                 Self::new(status, "sandbox_failed", message)
             }
+            NodeError::AgentUnreachable { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "agent_unreachable", message)
+            }
             NodeError::Runtime(err) => Self::from(err),
             NodeError::Store(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)

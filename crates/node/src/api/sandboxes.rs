@@ -34,7 +34,7 @@ pub async fn create(
 }
 
 /// Lists sandboxes that are not deleted, oldest first; `state=S` and `metadata.KEY=VALUE`
-/// filter the list.
+/// filter the list, and `state=deleted` lists the deleted ones.
 #[utoipa::path(
     get, path = "/sandboxes", tag = "sandboxes",
     params(
@@ -58,9 +58,19 @@ fn parse_filter(params: Vec<(String, String)>) -> Result<SandboxFilter, ApiError
     let mut filter = SandboxFilter::default();
     for (name, value) in params {
         if name == "state" {
+            if filter.state.is_some() {
+                return Err(ApiError::invalid_request(
+                    "query parameter `state` is given more than once; pass one state such as `state=running`",
+                ));
+            }
             let state = SandboxState::from_str(&value).map_err(ApiError::invalid_request)?;
             filter.state = Some(state);
         } else if let Some(key) = name.strip_prefix(METADATA_PREFIX) {
+            if key.is_empty() {
+                return Err(ApiError::invalid_request(
+                    "query parameter `metadata.` has an empty key; filter with `metadata.KEY=VALUE`",
+                ));
+            }
             filter.metadata.insert(key.to_owned(), value);
         } else {
             return Err(ApiError::invalid_request(format!(

@@ -48,6 +48,15 @@ pub enum NodeError {
         source: RuntimeError,
     },
 
+    /// The sandbox's container runs, but its agent does not accept connections or requests.
+    #[error("cannot reach the agent of sandbox {id}: {reason}; retry, or restart it with `gitvm vm stop {id}` and `gitvm vm start {id}`")]
+    AgentUnreachable {
+        /// Sandbox id.
+        id: String,
+        /// Cause of the connection failure, without host paths.
+        reason: String,
+    },
+
     /// The runtime failed; the sandbox keeps its state.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),

@@ -14,6 +14,7 @@ impl Node {
 
         let mut env = sandbox.env_vars.clone();
         env.extend(request.env);
+        validate::command(&request.command, &env)?;
         let request = ExecRequest { env, ..request };
 
         let started = Instant::now();

@@ -29,13 +29,14 @@ impl Node {
         let sandbox = self.record(id).await?.sandbox;
         transition::check(&sandbox, Operation::Files)?;
 
-        let client = self.agent(&sandbox).await?;
+        let client = self.agent_or_unreachable(&sandbox).await?;
         match client.write_file(path, body).await {
             Ok(()) => Ok(()),
+            Err(err) if is_connection_error(&err) => {
+                self.forget_agent(id);
+                Err(self.agent_unreachable(&sandbox, &err).await)
+            }
             Err(err) => {
-                if is_connection_error(&err) {
-                    self.forget_agent(id);
-                }
                 tracing::warn!(sandbox_id = %id, runtime = %sandbox.runtime, path, error = %err, "file write failed");
                 Err(RuntimeError::Agent(err).into())
             }

@@ -92,7 +92,8 @@ impl Node {
         Ok(self.record(id).await?.sandbox)
     }
 
-    /// Lists sandboxes that are not deleted and match `filter`, oldest first.
+    /// Lists sandboxes that match `filter`, oldest first; deleted ones only when the filter's
+    /// state is `deleted`.
     pub async fn list(&self, filter: &SandboxFilter) -> Result<Vec<Sandbox>, NodeError> {
         let records = self.store.list_sandboxes(filter).await?;
         Ok(records.into_iter().map(|record| record.sandbox).collect())

@@ -19,6 +19,15 @@ pub const MIN_MEMORY_MB: i64 = 64;
 /// Maximum time to live of a sandbox: 30 days, in seconds.
 pub const MAX_TIMEOUT_SECS: i64 = 30 * 24 * 60 * 60;
 
+/// Size limit of one argument or `KEY=VALUE` environment string passed to `execve`, in bytes
+/// including the terminating NUL: Linux's MAX_ARG_STRLEN (32 pages of 4 KiB).
+pub const MAX_ARG_BYTES: usize = 131_072;
+
+/// Limit of the command plus all environment strings of one exec, in bytes. Linux allows a
+/// quarter of the stack limit (2 MiB under the usual 8 MiB `ulimit -s`), so 1 MiB leaves room
+/// for the variables the agent adds and for smaller stack limits.
+pub const MAX_EXEC_ARGS_TOTAL: usize = 1024 * 1024;
+
 /// Capacity of the host, the upper bound of what one sandbox may request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostLimits {
@@ -135,9 +144,19 @@ pub fn timeout(timeout: i64) -> Result<i64, NodeError> {
 }
 
 /// Checks environment variables: keys non-empty without `=` or NUL, values without NUL, since
-/// the kernel passes the environment as NUL-terminated `KEY=VALUE` strings.
+/// the kernel passes the environment as NUL-terminated `KEY=VALUE` strings, each entry under
+/// [`MAX_ARG_BYTES`] and all of them together under [`MAX_EXEC_ARGS_TOTAL`].
 pub fn env_vars(field: &str, env: &BTreeMap<String, String>) -> Result<(), NodeError> {
     for (key, value) in env {
+        // The kernel counts the terminating NUL, so the text itself must stay below the limit.
+        let entry_len = key.len() + 1 + value.len();
+        if entry_len >= MAX_ARG_BYTES {
+            return Err(NodeError::InvalidRequest(format!(
+                "invalid {field} entry {}: `KEY=VALUE` is {entry_len} bytes, but Linux limits one \
+                 environment string to less than {MAX_ARG_BYTES} bytes; pass large data as a file",
+                shorten(key)
+            )));
+        }
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(NodeError::InvalidRequest(format!(
                 "invalid {field} key {key:?}: keys must be non-empty and contain neither `=` nor NUL"
@@ -149,7 +168,59 @@ pub fn env_vars(field: &str, env: &BTreeMap<String, String>) -> Result<(), NodeE
             )));
         }
     }
+
+    let total = env_total_bytes(env);
+    if total >= MAX_EXEC_ARGS_TOTAL {
+        return Err(NodeError::InvalidRequest(format!(
+            "invalid {field}: its entries are {total} bytes together, over the limit of \
+             {MAX_EXEC_ARGS_TOTAL} bytes for the environment and command of a process; pass large data as a file"
+        )));
+    }
     Ok(())
+}
+
+/// Checks an exec's command line: no NUL, under [`MAX_ARG_BYTES`] since it is one argument of
+/// `sh -c`, and with the environment `env` it runs with under [`MAX_EXEC_ARGS_TOTAL`].
+pub fn command(command: &str, env: &BTreeMap<String, String>) -> Result<(), NodeError> {
+    if command.contains('\0') {
+        return Err(NodeError::InvalidRequest(
+            "invalid command: it contains a NUL byte, which no command line can carry".to_owned(),
+        ));
+    }
+    if command.len() >= MAX_ARG_BYTES {
+        return Err(NodeError::InvalidRequest(format!(
+            "invalid command: it is {} bytes, but Linux limits one argument to less than \
+             {MAX_ARG_BYTES} bytes; write a script with PUT /sandboxes/{{id}}/files and run that",
+            command.len()
+        )));
+    }
+
+    let total = command.len() + 1 + env_total_bytes(env);
+    if total >= MAX_EXEC_ARGS_TOTAL {
+        return Err(NodeError::InvalidRequest(format!(
+            "invalid command and env: together with the sandbox's envVars they are {total} bytes, \
+             over the limit of {MAX_EXEC_ARGS_TOTAL} bytes for the environment and command of a process; \
+             pass large data as a file"
+        )));
+    }
+    Ok(())
+}
+
+/// Size of the environment as `execve` copies it: `KEY=VALUE` strings with their NULs.
+fn env_total_bytes(env: &BTreeMap<String, String>) -> usize {
+    env.iter()
+        .map(|(key, value)| key.len() + 1 + value.len() + 1)
+        .sum()
+}
+
+/// Quotes `text` for a message, cut to its first 100 characters so that a huge value does not
+/// flood the response.
+fn shorten(text: &str) -> String {
+    const SHOWN: usize = 100;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
+        None => format!("{text:?}"),
+    }
 }
 
 #[cfg(test)]

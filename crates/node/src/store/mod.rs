@@ -88,7 +88,8 @@ pub struct SnapshotRecord {
     pub image: String,
 }
 
-/// Filter of [`Store::list_sandboxes`]; deleted sandboxes are never listed.
+/// Filter of [`Store::list_sandboxes`]; deleted sandboxes are listed only when `state` is
+/// `deleted`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SandboxFilter {
     /// Only sandboxes in this state.
@@ -193,26 +194,26 @@ impl Store {
         row.map(|row| sandbox_from_row(&row)).transpose()
     }
 
-    /// Lists sandboxes that are not deleted and match `filter`, oldest first.
+    /// Lists sandboxes that match `filter`, oldest first. Tombstones are left out unless the
+    /// filter selects state `deleted`.
     pub async fn list_sandboxes(
         &self,
         filter: &SandboxFilter,
     ) -> Result<Vec<SandboxRecord>, StoreError> {
-        let rows =
-            match filter.state {
-                Some(state) => sqlx::query(
-                    "SELECT * FROM sandboxes WHERE state = ? AND state != 'deleted' ORDER BY rowid",
-                )
-                .bind(state.as_str())
-                .fetch_all(&self.pool)
-                .await,
-                None => {
-                    sqlx::query("SELECT * FROM sandboxes WHERE state != 'deleted' ORDER BY rowid")
-                        .fetch_all(&self.pool)
-                        .await
-                }
+        let rows = match filter.state {
+            Some(state) => {
+                sqlx::query("SELECT * FROM sandboxes WHERE state = ? ORDER BY rowid")
+                    .bind(state.as_str())
+                    .fetch_all(&self.pool)
+                    .await
             }
-            .map_err(query_error("list sandboxes"))?;
+            None => {
+                sqlx::query("SELECT * FROM sandboxes WHERE state != 'deleted' ORDER BY rowid")
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(query_error("list sandboxes"))?;
 
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
