@@ -104,6 +104,9 @@ pub enum VmCommand {
     #[command(alias = "delete")]
     Rm(VmId),
 
+    /// Set a sandbox's time to live, counted from now.
+    Timeout(VmTimeout),
+
     /// Move files in and out of a sandbox.
     #[command(subcommand)]
     Files(FilesCommand),
@@ -115,6 +118,19 @@ pub struct VmId {
     pub id: String,
 
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmTimeout {
+    /// Sandbox id.
+    pub id: String,
+
+    /// Seconds from now until the sandbox is deleted; 0 means never.
+    pub seconds: i64,
+
+    /// Print the whole sandbox as JSON.
     #[arg(long)]
     pub json: bool,
 }

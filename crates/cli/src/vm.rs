@@ -71,6 +71,15 @@ pub async fn run(connection: &Connection, command: VmCommand) -> Result<ExitCode
             client.delete_sandbox(&args.id).await?;
             println!("{}", args.id);
         }
+        VmCommand::Timeout(args) => {
+            let sandbox = client.set_timeout(&args.id, args.seconds).await?;
+            if args.json {
+                print_json(&sandbox)?;
+            } else {
+                let expires = sandbox.expires_at.as_deref().unwrap_or("never");
+                println!("{} expires {expires}", sandbox.id);
+            }
+        }
         VmCommand::Files(command) => crate::files::run(&client, command).await?,
     }
     Ok(ExitCode::SUCCESS)

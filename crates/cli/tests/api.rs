@@ -331,3 +331,62 @@ async fn metrics_and_openapi_are_served() {
     assert_eq!(status, 200);
     assert!(spec["paths"]["/sandboxes"].is_object(), "{spec}");
 }
+
+#[tokio::test]
+async fn set_timeout_extends_shortens_and_clears() {
+    let server = Server::start();
+    let client = &server.client;
+    let sandbox = server.create().await;
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+
+    let before = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let extended = client.set_timeout(&sandbox.id, 7200).await.unwrap();
+    let after = time::OffsetDateTime::now_utc();
+    assert_eq!(extended.timeout, 7200);
+    let expires =
+        time::OffsetDateTime::parse(extended.expires_at.as_deref().unwrap(), rfc3339).unwrap();
+    assert!(
+        expires >= before + time::Duration::seconds(7200),
+        "{expires}"
+    );
+    assert!(
+        expires <= after + time::Duration::seconds(7200),
+        "{expires}"
+    );
+
+    let forever = client.set_timeout(&sandbox.id, 0).await.unwrap();
+    assert_eq!(forever.timeout, 0);
+    assert_eq!(forever.expires_at, None);
+
+    for bad in [-1, 2_592_001] {
+        assert_eq!(
+            api_error(client.set_timeout(&sandbox.id, bad).await),
+            (400, "invalid_request".to_string())
+        );
+    }
+    let unchanged = client.get_sandbox(&sandbox.id).await.unwrap();
+    assert_eq!(
+        unchanged.expires_at, None,
+        "a rejected timeout changed the sandbox"
+    );
+    assert_eq!(
+        api_error(client.set_timeout("sb-doesnotexist", 60).await),
+        (404, "sandbox_not_found".to_string())
+    );
+
+    client.set_timeout(&sandbox.id, 1).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while client.get_sandbox(&sandbox.id).await.unwrap().state != SandboxState::Deleted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shortened sandbox was not reaped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        api_error(client.set_timeout(&sandbox.id, 60).await),
+        (409, "invalid_state".to_string())
+    );
+}

@@ -12,6 +12,13 @@ fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Creates a sandbox with `gitvm vm create` and returns its id.
+fn create_with_cli(server: &Server) -> String {
+    let created = server.cli(&["vm", "create", "--timeout", "600"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    stdout(&created).trim().to_string()
+}
+
 #[tokio::test]
 async fn vm_commands_end_to_end() {
     let server = Server::start();
@@ -57,9 +64,13 @@ async fn vm_commands_end_to_end() {
         assert_eq!(stdout(&output), format!("{id} {state}\n"));
     }
 
+    let never = server.cli(&["vm", "timeout", &id, "0"]);
+    assert_eq!(stdout(&never), format!("{id} expires never\n"));
+
     let got = server.cli(&["vm", "get", &id, "--json"]);
     let sandbox: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
     assert_eq!(sandbox["envVars"]["NAME"], "gitvm");
+    assert_eq!(sandbox["expiresAt"], serde_json::Value::Null);
 
     let removed = server.cli(&["vm", "rm", &id]);
     assert!(removed.status.success(), "{}", stderr(&removed));
@@ -75,9 +86,7 @@ async fn vm_commands_end_to_end() {
 #[tokio::test]
 async fn files_and_snapshot_commands() {
     let server = Server::start();
-    let id = stdout(&server.cli(&["vm", "create", "--timeout", "600"]))
-        .trim()
-        .to_string();
+    let id = create_with_cli(&server);
     let local = tempfile::tempdir().unwrap();
     let source = local.path().join("in.txt");
     std::fs::write(&source, "payload\n").unwrap();
@@ -168,9 +177,7 @@ fn bad_env_pair_is_rejected_before_any_request() {
 #[tokio::test]
 async fn files_to_directories_keep_names() {
     let server = Server::start();
-    let id = stdout(&server.cli(&["vm", "create", "--timeout", "600"]))
-        .trim()
-        .to_string();
+    let id = create_with_cli(&server);
     let local = tempfile::tempdir().unwrap();
     let source = local.path().join("report.txt");
     std::fs::write(&source, "numbers\n").unwrap();
@@ -206,9 +213,7 @@ async fn files_to_directories_keep_names() {
 #[tokio::test]
 async fn closed_output_pipe_ends_quietly() {
     let server = Server::start();
-    let id = stdout(&server.cli(&["vm", "create", "--timeout", "600"]))
-        .trim()
-        .to_string();
+    let id = create_with_cli(&server);
     let script = format!(
         "'{}' vm exec {id} -- 'seq 1 200000' | head -1; echo \"status=${{PIPESTATUS[0]}}\"",
         common::gitvm_bin().display()

@@ -3,7 +3,22 @@
 mod common;
 
 use common::{api_error, Server};
-use gitvm_sdk::{RestoreRequest, SandboxState, SnapshotKind};
+use gitvm_sdk::{RestoreRequest, Sandbox, SandboxState, SnapshotKind};
+
+/// Restores `snapshot_id` into a new sandbox that lives for 10 minutes.
+async fn restore(server: &Server, snapshot_id: &str) -> Sandbox {
+    server
+        .client
+        .restore_snapshot(
+            snapshot_id,
+            &RestoreRequest {
+                timeout: Some(600),
+                metadata: None,
+            },
+        )
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn restored_sandbox_has_snapshot_files() {
@@ -27,17 +42,7 @@ async fn restored_sandbox_has_snapshot_files() {
     let listed = server.client.list_snapshots().await.unwrap();
     assert_eq!(listed, vec![snapshot.clone()]);
 
-    let restored = server
-        .client
-        .restore_snapshot(
-            &snapshot.id,
-            &RestoreRequest {
-                timeout: Some(600),
-                metadata: None,
-            },
-        )
-        .await
-        .unwrap();
+    let restored = restore(&server, &snapshot.id).await;
     assert_ne!(restored.id, source.id);
     assert_eq!(restored.state, SandboxState::Running);
     assert_eq!(restored.snapshot_id.as_deref(), Some(snapshot.id.as_str()));
@@ -101,17 +106,7 @@ async fn snapshot_delete_while_restored_sandbox_runs() {
         .await;
     assert_eq!(written.exit_code, 0, "{}", written.stderr);
     let snapshot = server.client.create_snapshot(&source.id).await.unwrap();
-    let restored = server
-        .client
-        .restore_snapshot(
-            &snapshot.id,
-            &RestoreRequest {
-                timeout: Some(600),
-                metadata: None,
-            },
-        )
-        .await
-        .unwrap();
+    let restored = restore(&server, &snapshot.id).await;
     let image_id = String::from_utf8(
         std::process::Command::new("docker")
             .args([

@@ -570,6 +570,7 @@ async fn openapi_lists_every_route() {
             "/sandboxes/{id}/snapshot",
             "/sandboxes/{id}/start",
             "/sandboxes/{id}/stop",
+            "/sandboxes/{id}/timeout",
             "/snapshots",
             "/snapshots/{id}",
             "/snapshots/{id}/restore",

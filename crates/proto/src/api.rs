@@ -285,6 +285,14 @@ pub struct RestoreRequest {
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
+/// Body of `POST /sandboxes/:id/timeout`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetTimeoutRequest {
+    /// New time to live in seconds, counted from now; 0 means the sandbox never expires.
+    pub timeout: i64,
+}
+
 /// Body of `GET /health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -143,6 +143,15 @@ impl Client {
             .await
     }
 
+    /// Sets a sandbox's time to live to `timeout` seconds from now; 0 means never.
+    pub async fn set_timeout(&self, id: &str, timeout: i64) -> Result<Sandbox, Error> {
+        self.json(
+            self.request(Method::POST, &format!("/sandboxes/{id}/timeout"))
+                .json(&SetTimeoutRequest { timeout }),
+        )
+        .await
+    }
+
     /// Runs a command and waits for its buffered result.
     pub async fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, Error> {
         self.json(

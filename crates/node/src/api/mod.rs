@@ -55,6 +55,7 @@ pub struct AppState {
         sandboxes::stop,
         sandboxes::pause,
         sandboxes::resume,
+        sandboxes::set_timeout,
         exec::exec,
         files::read,
         files::write,
@@ -86,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/stop", post(sandboxes::stop))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
+        .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/exec", post(exec::exec))
         .route(
             "/sandboxes/{id}/files",

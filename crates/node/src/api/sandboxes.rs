@@ -3,7 +3,9 @@ use std::str::FromStr;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use gitvm_proto::{CreateSandboxRequest, ErrorBody, Sandbox, SandboxList, SandboxState};
+use gitvm_proto::{
+    CreateSandboxRequest, ErrorBody, Sandbox, SandboxList, SandboxState, SetTimeoutRequest,
+};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{detached, ApiError, AppState};
@@ -163,4 +165,22 @@ pub async fn resume(
 ) -> Result<Json<Sandbox>, ApiError> {
     let node = state.node;
     Ok(Json(detached(async move { node.resume(&id).await }).await?))
+}
+
+/// Sets a sandbox's time to live, counted from now; 0 means it never expires.
+#[utoipa::path(
+    post, path = "/sandboxes/{id}/timeout", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = SetTimeoutRequest,
+    responses(
+        (status = 200, body = Sandbox),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    )
+)]
+pub async fn set_timeout(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<SetTimeoutRequest>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(state.node.set_timeout(&id, request.timeout).await?))
 }

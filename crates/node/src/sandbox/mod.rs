@@ -26,6 +26,7 @@ mod resume;
 mod snapshot;
 mod start;
 mod stop;
+mod timeout;
 pub mod transition;
 pub mod validate;
 

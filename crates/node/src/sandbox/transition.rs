@@ -22,6 +22,8 @@ pub enum Operation {
     Files,
     /// Capture a snapshot.
     Snapshot,
+    /// Change the time to live.
+    SetTimeout,
 }
 
 impl Operation {
@@ -35,6 +37,7 @@ impl Operation {
             Self::Resume => &[Paused],
             Self::Exec | Self::Files => &[Running],
             Self::Snapshot => &[Running, Paused, Stopped],
+            Self::SetTimeout => &[Creating, Running, Paused, Stopped, Error],
         }
     }
 }

@@ -250,6 +250,27 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
+    /// Sets a sandbox's time to live and expiry time; `expires_at` of `None` means never.
+    /// Returns false when no sandbox has this id.
+    pub async fn set_expiry(
+        &self,
+        id: &str,
+        timeout: i64,
+        expires_at: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE sandboxes SET timeout = ?, expires_at = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(timeout)
+        .bind(expires_at)
+        .bind(timestamp::format(timestamp::now()))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("update sandbox expiry"))?;
+        Ok(result.rows_affected() == 1)
+    }
+
     /// Lists the ids of sandboxes, not yet deleted, whose expiry time is at or before `now`.
     pub async fn expired_sandboxes(&self, now: OffsetDateTime) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
