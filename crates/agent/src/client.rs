@@ -145,6 +145,18 @@ impl AgentClient {
         decode_json(response).await
     }
 
+    /// Runs a command and returns its events as they happen: an NDJSON body of
+    /// [`gitvm_proto::ExecEvent`] lines. Dropping the body resets the stream, which makes the
+    /// agent kill the command's process group.
+    pub async fn exec_stream(&self, req: &ExecRequest) -> Result<Incoming, AgentError> {
+        let body = serde_json::to_vec(req)
+            .map_err(|error| AgentError::Decode(format!("cannot encode exec request: {error}")))?;
+        let response = self
+            .send(Method::POST, "/exec/stream".into(), full(body))
+            .await?;
+        Ok(response.into_body())
+    }
+
     /// Opens a file for reading and returns its bytes as a stream.
     pub async fn read_file(&self, path: &str) -> Result<Incoming, AgentError> {
         let response = self

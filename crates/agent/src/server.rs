@@ -5,6 +5,7 @@ mod exec;
 mod files;
 mod reaper;
 mod signals;
+mod stream;
 mod users;
 
 use std::convert::Infallible;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gitvm_proto::agent::AgentHealth;
-use gitvm_proto::ErrorBody;
+use gitvm_proto::{ErrorBody, ExecRequest};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -225,16 +226,19 @@ async fn route(request: Request<Incoming>) -> Response<ResponseBody> {
     let result = match (method.clone(), path.as_str()) {
         (Method::GET, "/health") => Ok(health()),
         (Method::POST, "/exec") => exec_route(request).await,
+        (Method::POST, "/exec/stream") => exec_stream_route(request).await,
         (Method::GET, "/files") => files::read(request).await,
         (Method::PUT, "/files") => files::write(request).await,
         (Method::DELETE, "/files") => files::remove(request).await,
         (Method::GET, "/files/list") => files::list(request).await,
         (Method::POST, "/files/mkdir") => files::make_dir(request).await,
-        (_, "/health" | "/exec" | "/files" | "/files/list" | "/files/mkdir") => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("method {method} is not allowed on {path}"),
-        )),
+        (_, "/health" | "/exec" | "/exec/stream" | "/files" | "/files/list" | "/files/mkdir") => {
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("method {method} is not allowed on {path}"),
+            ))
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "route_not_found",
@@ -262,6 +266,23 @@ fn health() -> Response<ResponseBody> {
 }
 
 async fn exec_route(request: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+    let result = exec::exec(read_exec_request(request).await?).await?;
+    Ok(json_response(StatusCode::OK, &result))
+}
+
+/// Starts the command and streams its events. Invalid requests get a JSON error response, as
+/// on `/exec`, because they fail before the command is spawned.
+async fn exec_stream_route(request: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+    let running = exec::start(read_exec_request(request).await?)?;
+    let mut response = Response::new(stream::EventBody::new(running).boxed());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(gitvm_proto::NDJSON),
+    );
+    Ok(response)
+}
+
+async fn read_exec_request(request: Request<Incoming>) -> Result<ExecRequest, ApiError> {
     let body = Limited::new(request.into_body(), MAX_JSON_BODY)
         .collect()
         .await
@@ -272,11 +293,9 @@ async fn exec_route(request: Request<Incoming>) -> Result<Response<ResponseBody>
             )
         })?
         .to_bytes();
-    let exec_request = serde_json::from_slice(&body).map_err(|error| {
+    serde_json::from_slice(&body).map_err(|error| {
         ApiError::bad_request("invalid_request", format!("invalid exec request: {error}"))
-    })?;
-    let result = exec::exec(exec_request).await?;
-    Ok(json_response(StatusCode::OK, &result))
+    })
 }
 
 /// An error response: status plus [`ErrorBody`].

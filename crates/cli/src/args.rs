@@ -81,7 +81,7 @@ pub enum VmCommand {
     /// Show one sandbox.
     Get(VmId),
 
-    /// Run a command in a sandbox; prints its output and exits with its exit code.
+    /// Run a command in a sandbox; copies its output as it arrives and exits with its exit code.
     ///
     /// One argument after `--` is a shell command line (`-- 'ls | wc -l'`); several are a
     /// program and its arguments, quoted for the shell (`-- echo hello world`). gitvm's own
@@ -202,7 +202,7 @@ pub struct VmExec {
     #[arg(long)]
     pub timeout: Option<f64>,
 
-    /// Print the result as JSON instead of the command's output.
+    /// Print the buffered result as JSON instead of streaming the command's output.
     #[arg(long)]
     pub json: bool,
 

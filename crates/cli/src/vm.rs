@@ -4,7 +4,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use gitvm_sdk::{Client, CreateSandboxRequest, ExecRequest, ListFilter, SandboxState};
+use gitvm_sdk::{
+    Client, CreateSandboxRequest, ExecRequest, ExecuteOptions, ListFilter, SandboxState,
+};
 
 use crate::args::{Connection, VmCommand, VmExec};
 use crate::output::{parse_pairs, print_json, print_sandbox, print_sandboxes};
@@ -120,25 +122,43 @@ async fn exec_inner(client: &Client, args: VmExec) -> Result<ExitCode> {
         user: args.user,
         timeout: args.timeout,
     };
-    let result = client.exec(&args.id, &request).await?;
     if args.json {
+        let result = client.exec(&args.id, &request).await?;
         print_json(&result)?;
-    } else {
-        std::io::stdout().write_all(result.stdout.as_bytes())?;
-        std::io::stdout().flush()?;
-        std::io::stderr().write_all(result.stderr.as_bytes())?;
-        if result.timed_out {
-            eprintln!(
-                "gitvm: command timed out after {} s and was killed",
-                request.timeout.unwrap_or_default()
-            );
-        }
-        if result.truncated {
-            eprintln!("gitvm: output was longer than the server's limit and was truncated");
-        }
+        return Ok(exit_code(result.exit_code));
     }
-    // Exit codes are 0..=255 by construction (128 + signal at most).
-    Ok(ExitCode::from(result.exit_code.clamp(0, 255) as u8))
+
+    // Output is copied as it arrives, byte for byte, so long builds show progress and binary
+    // output survives.
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let options = ExecuteOptions {
+        cwd: request.cwd.clone(),
+        env: request.env.clone(),
+        user: request.user.clone(),
+        timeout: request.timeout,
+        on_stdout: Some(Box::new(move |chunk: &[u8]| {
+            // A closed stdout ends the process through SIGPIPE, as for other tools.
+            let _ = stdout.write_all(chunk).and_then(|()| stdout.flush());
+        })),
+        on_stderr: Some(Box::new(move |chunk: &[u8]| {
+            let _ = stderr.write_all(chunk);
+        })),
+    };
+    let output = client.execute(&args.id, &request.command, options).await?;
+    if output.timed_out {
+        eprintln!(
+            "gitvm: command timed out after {} s and was killed",
+            request.timeout.unwrap_or_default()
+        );
+    }
+    Ok(exit_code(output.exit_code))
+}
+
+/// Converts a command's exit status to this process's exit code; statuses are 0..=255 by
+/// construction (128 + signal at most).
+fn exit_code(status: i32) -> ExitCode {
+    ExitCode::from(status.clamp(0, 255) as u8)
 }
 
 /// Turns the words after `--` into one shell command line: a single word is taken as a shell

@@ -34,6 +34,9 @@ async fn vm_commands_end_to_end() {
     let exit3 = server.cli(&["vm", "exec", &id, "--", "sh", "-c", "exit 3"]);
     assert_eq!(exit3.status.code(), Some(3));
 
+    let binary = server.cli(&["vm", "exec", &id, "--", "printf '\\377\\000\\001'"]);
+    assert_eq!(binary.stdout, vec![0xff, 0x00, 0x01]);
+
     let env = server.cli(&["vm", "exec", &id, "--", "echo $NAME"]);
     assert_eq!(stdout(&env), "gitvm\n");
 

@@ -340,6 +340,29 @@ async fn exec_on_paused_sandbox_is_409() {
 }
 
 #[tokio::test]
+async fn exec_stream_on_paused_sandbox_is_409() {
+    let fx = fixture(None).await;
+    insert(&fx.node, "sb-paused000002", SandboxState::Paused).await;
+
+    let (status, body) = send(
+        &fx.router,
+        post_json(
+            "/sandboxes/sb-paused000002/exec/stream",
+            r#"{"command": "echo ok"}"#,
+        ),
+    )
+    .await;
+
+    assert_eq!(status, StatusCode::CONFLICT);
+    let error = error_body(&body);
+    assert_eq!(error.code, "invalid_state");
+    assert_eq!(
+        error.message,
+        "sandbox sb-paused000002 is paused; resume it first"
+    );
+}
+
+#[tokio::test]
 async fn pause_of_stopped_sandbox_is_409() {
     let fx = fixture(None).await;
     insert(&fx.node, "sb-stopped00001", SandboxState::Stopped).await;
@@ -562,6 +585,7 @@ async fn openapi_lists_every_route() {
             "/sandboxes",
             "/sandboxes/{id}",
             "/sandboxes/{id}/exec",
+            "/sandboxes/{id}/exec/stream",
             "/sandboxes/{id}/files",
             "/sandboxes/{id}/files/list",
             "/sandboxes/{id}/files/mkdir",

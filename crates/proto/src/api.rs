@@ -186,6 +186,71 @@ pub struct ExecResult {
     pub duration_ms: u64,
 }
 
+/// Media type of a streamed exec: one JSON [`ExecEvent`] per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// One event of a streamed exec (`POST /sandboxes/:id/exec/stream`), sent as one JSON object
+/// per line. Events come in this order: one `start`, any number of `stdout` and `stderr`
+/// chunks in the order the command wrote them to each stream, then one `exit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ExecEvent {
+    /// The command was spawned.
+    Start {
+        /// Process id of the shell inside the sandbox.
+        pid: u32,
+    },
+    /// A chunk of standard output.
+    Stdout {
+        /// The bytes, base64-encoded (standard alphabet, padded), so binary output is exact.
+        data: String,
+    },
+    /// A chunk of standard error.
+    Stderr {
+        /// The bytes, base64-encoded like `stdout` chunks.
+        data: String,
+    },
+    /// The command ended; no event follows.
+    #[serde(rename_all = "camelCase")]
+    Exit {
+        /// Exit status with the same conventions as [`ExecResult::exit_code`].
+        exit_code: i32,
+        /// Name of the signal that ended the command, if a signal did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+        /// True when the command was killed because its timeout elapsed.
+        #[serde(default)]
+        timed_out: bool,
+        /// Wall time from spawn to exit, in milliseconds.
+        #[serde(default)]
+        duration_ms: u64,
+    },
+}
+
+impl ExecEvent {
+    /// Builds a `stdout` or `stderr` chunk event from raw bytes.
+    pub fn chunk(stderr: bool, bytes: &[u8]) -> Self {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+        if stderr {
+            Self::Stderr { data }
+        } else {
+            Self::Stdout { data }
+        }
+    }
+
+    /// Decodes the bytes of a `stdout` or `stderr` event; `None` for other events.
+    pub fn bytes(&self) -> Option<Result<Vec<u8>, base64::DecodeError>> {
+        use base64::Engine;
+        match self {
+            Self::Stdout { data } | Self::Stderr { data } => {
+                Some(base64::engine::general_purpose::STANDARD.decode(data))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Kind of a directory entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -32,3 +32,28 @@ impl std::fmt::Display for ErrorBody {
         write!(f, "{} ({})", self.message, self.code)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ExecEvent;
+
+    #[test]
+    fn exec_events_are_tagged_camel_case() {
+        let exit = ExecEvent::Exit {
+            exit_code: 137,
+            signal: Some("SIGKILL".into()),
+            timed_out: false,
+            duration_ms: 5,
+        };
+        assert_eq!(
+            serde_json::to_string(&exit).unwrap(),
+            r#"{"type":"exit","exitCode":137,"signal":"SIGKILL","timedOut":false,"durationMs":5}"#
+        );
+        let chunk = ExecEvent::chunk(false, b"\xff\x00\x01");
+        assert_eq!(
+            serde_json::to_string(&chunk).unwrap(),
+            r#"{"type":"stdout","data":"/wAB"}"#
+        );
+        assert_eq!(chunk.bytes().unwrap().unwrap(), b"\xff\x00\x01");
+    }
+}

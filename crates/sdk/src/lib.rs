@@ -18,10 +18,12 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 pub use gitvm_proto::*;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
+
+mod ndjson;
 
 /// Failure of an SDK call.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,15 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// The server sent a body this client cannot decode.
+    #[error("invalid response from {url}: {message}")]
+    Decode {
+        /// URL requested.
+        url: String,
+        /// What could not be decoded.
+        message: String,
+    },
+
     /// The server URL is not usable.
     #[error("invalid server URL `{url}`: {reason}")]
     InvalidUrl {
@@ -52,6 +63,45 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// Receives output chunks of [`Client::execute`] as they arrive.
+pub type OutputCallback<'a> = Box<dyn FnMut(&[u8]) + Send + 'a>;
+
+/// Options of [`Client::execute`].
+#[derive(Default)]
+pub struct ExecuteOptions<'a> {
+    /// Working directory; must exist.
+    pub cwd: Option<String>,
+    /// Extra environment variables, over the sandbox's `envVars`.
+    pub env: BTreeMap<String, String>,
+    /// User name or uid to run as.
+    pub user: Option<String>,
+    /// Seconds after which the command's process group is killed.
+    pub timeout: Option<f64>,
+    /// Receives standard output chunks as they arrive; without it stdout is collected.
+    pub on_stdout: Option<OutputCallback<'a>>,
+    /// Receives standard error chunks as they arrive; without it stderr is collected.
+    pub on_stderr: Option<OutputCallback<'a>>,
+}
+
+/// Result of [`Client::execute`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Process id of the command's shell inside the sandbox.
+    pub pid: u32,
+    /// Exit status: 128 + N for signal N, 124 after a timeout.
+    pub exit_code: i32,
+    /// Name of the signal that ended the command, if one did.
+    pub signal: Option<String>,
+    /// True when the command was killed because its timeout elapsed.
+    pub timed_out: bool,
+    /// Wall time from spawn to exit, in milliseconds.
+    pub duration_ms: u64,
+    /// Standard output bytes, when no `on_stdout` callback was given.
+    pub stdout: Vec<u8>,
+    /// Standard error bytes, when no `on_stderr` callback was given.
+    pub stderr: Vec<u8>,
 }
 
 /// Filter for [`Client::list_sandboxes`].
@@ -159,6 +209,81 @@ impl Client {
                 .json(request),
         )
         .await
+    }
+
+    /// Starts a command and returns its events as they happen: `start`, output chunks, `exit`.
+    pub async fn exec_stream(
+        &self,
+        id: &str,
+        request: &ExecRequest,
+    ) -> Result<impl Stream<Item = Result<ExecEvent, Error>>, Error> {
+        let response = self
+            .send(
+                self.request(Method::POST, &format!("/sandboxes/{id}/exec/stream"))
+                    .json(request),
+            )
+            .await?;
+        Ok(ndjson::events(response))
+    }
+
+    /// Runs a command, feeding its output to the callbacks in `options` as it arrives, and
+    /// returns its exit status with the output of every stream that has no callback.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &str,
+        mut options: ExecuteOptions<'_>,
+    ) -> Result<ExecOutput, Error> {
+        let request = ExecRequest {
+            command: command.to_string(),
+            cwd: options.cwd.take(),
+            env: std::mem::take(&mut options.env),
+            user: options.user.take(),
+            timeout: options.timeout,
+        };
+        let events = self.exec_stream(id, &request).await?;
+        let mut events = std::pin::pin!(events);
+        let mut output = ExecOutput::default();
+        while let Some(event) = events.next().await {
+            let event = event?;
+            let url = || format!("{}/sandboxes/{id}/exec/stream", self.base);
+            let bytes = || {
+                event
+                    .bytes()
+                    .unwrap_or(Ok(Vec::new()))
+                    .map_err(|err| Error::Decode {
+                        url: url(),
+                        message: format!("output chunk is not valid base64: {err}"),
+                    })
+            };
+            match &event {
+                ExecEvent::Start { pid } => output.pid = *pid,
+                ExecEvent::Stdout { .. } => match options.on_stdout.as_mut() {
+                    Some(callback) => callback(&bytes()?),
+                    None => output.stdout.extend_from_slice(&bytes()?),
+                },
+                ExecEvent::Stderr { .. } => match options.on_stderr.as_mut() {
+                    Some(callback) => callback(&bytes()?),
+                    None => output.stderr.extend_from_slice(&bytes()?),
+                },
+                ExecEvent::Exit {
+                    exit_code,
+                    signal,
+                    timed_out,
+                    duration_ms,
+                } => {
+                    output.exit_code = *exit_code;
+                    output.signal = signal.clone();
+                    output.timed_out = *timed_out;
+                    output.duration_ms = *duration_ms;
+                    return Ok(output);
+                }
+            }
+        }
+        Err(Error::Decode {
+            url: format!("{}/sandboxes/{id}/exec/stream", self.base),
+            message: "the stream ended before the command's exit event".into(),
+        })
     }
 
     /// Streams a file out of a sandbox.

@@ -1,4 +1,4 @@
-//! Buffered command execution: `/bin/sh -c COMMAND` in its own session and process group.
+//! Command execution, buffered or streamed: `/bin/sh -c COMMAND` in its own session and process group.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -13,7 +13,7 @@ use http::StatusCode;
 use nix::sys::wait::WaitStatus;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::users::{self, Account};
 use super::{reaper, ApiError, SHELL};
@@ -25,8 +25,16 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// that inherited the pipes can hold them open forever, so its later output is not waited for.
 const PIPE_GRACE: Duration = Duration::from_millis(50);
 
-/// Bytes read from a pipe per call.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read from a pipe per call, so also the maximum size of one output chunk.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Chunks queued between the pipe readers and the consumer of a command's output. With
+/// [`READ_CHUNK`] this bounds the queued output at 128 KiB per command.
+const OUTPUT_QUEUE: usize = 4;
+
+/// Maximum bytes read from each pipe after the shell exited and the grace period ended; a
+/// Linux pipe holds 64 KiB by default.
+const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// A validated exec request, ready to spawn.
 struct Plan {
@@ -37,43 +45,170 @@ struct Plan {
     timeout: Option<Duration>,
 }
 
-/// Runs the command of `request` to completion and returns its exit status and output.
-pub(super) async fn exec(request: ExecRequest) -> Result<ExecResult, ApiError> {
+/// Message from the task that drives one running command.
+pub(super) enum Output {
+    /// Bytes read from the command's stdout or stderr, at most [`READ_CHUNK`] of them.
+    Chunk { stderr: bool, bytes: Vec<u8> },
+    /// The command ended; nothing follows.
+    Exit(Result<Finished, ApiError>),
+}
+
+/// Exit status of a finished command.
+pub(super) struct Finished {
+    pub exit_code: i32,
+    pub signal: Option<String>,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+/// A spawned command whose output arrives on `output` as it is read.
+pub(super) struct Running {
+    /// Process id of the shell, which is also its process group id.
+    pub pid: u32,
+    /// Chunks in the order they were read from each pipe, then one [`Output::Exit`]. Dropping
+    /// the receiver before the shell exits kills the command's process group.
+    pub output: mpsc::Receiver<Output>,
+}
+
+/// Validates `request`, spawns its command and starts the task that reads its pipes, waits for
+/// its exit and enforces its timeout. Fails before anything runs when the request is invalid.
+pub(super) fn start(request: ExecRequest) -> Result<Running, ApiError> {
     let plan = prepare(request)?;
     let started = Instant::now();
 
     let mut command = build_command(&plan);
     let (mut child, exit) = reaper::spawn_tracked(&mut command)
         .map_err(|error| spawn_error(&error, &plan.account.name))?;
-    let pgid = child.id() as i32;
-    let mut guard = GroupGuard { pgid, armed: true };
-    tracing::info!(pid = pgid, user = %plan.account.name, cwd = %plan.cwd.display(), "exec started");
+    let pid = child.id();
+    // From here on the guard kills the group if setting up the pipes fails.
+    let guard = GroupGuard {
+        pgid: pid as i32,
+        armed: true,
+    };
+    tracing::info!(pid, user = %plan.account.name, cwd = %plan.cwd.display(), "exec started");
 
-    let mut stdout = Capture::new(child.stdout.take().map(OwnedFd::from))?;
-    let mut stderr = Capture::new(child.stderr.take().map(OwnedFd::from))?;
+    let stdout = watch_pipe(child.stdout.take().map(OwnedFd::from))?;
+    let stderr = watch_pipe(child.stderr.take().map(OwnedFd::from))?;
+    let (sender, output) = mpsc::channel(OUTPUT_QUEUE);
+    tokio::spawn(drive(
+        Pipes { stdout, stderr },
+        exit,
+        guard,
+        plan.timeout,
+        started,
+        sender,
+    ));
+    Ok(Running { pid, output })
+}
 
-    let (status, timed_out) = {
-        let waiting = wait_for_exit(exit, pgid, plan.timeout);
-        let reading = async { tokio::join!(stdout.fill(), stderr.fill()) };
+/// Runs the command of `request` to completion and returns its exit status and output.
+pub(super) async fn exec(request: ExecRequest) -> Result<ExecResult, ApiError> {
+    let mut running = start(request)?;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut truncated = false;
+
+    while let Some(output) = running.output.recv().await {
+        match output {
+            Output::Chunk {
+                stderr: false,
+                bytes,
+            } => append(&mut stdout, &mut truncated, &bytes),
+            Output::Chunk {
+                stderr: true,
+                bytes,
+            } => append(&mut stderr, &mut truncated, &bytes),
+            Output::Exit(finished) => {
+                let finished = finished?;
+                return Ok(ExecResult {
+                    exit_code: finished.exit_code,
+                    truncated,
+                    stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                    timed_out: finished.timed_out,
+                    signal: finished.signal,
+                    duration_ms: finished.duration_ms,
+                });
+            }
+        }
+    }
+    Err(ApiError::internal(
+        "exec_failed",
+        format!(
+            "the task running process {} stopped without an exit status",
+            running.pid
+        ),
+    ))
+}
+
+/// Read ends of the command's stdout and stderr; `None` once at end of file.
+struct Pipes {
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
+}
+
+/// Sends the command's output and then its exit to `sender`. Returns early, killing the
+/// process group through `guard`, when the receiver is dropped before the shell exits.
+async fn drive(
+    mut pipes: Pipes,
+    exit: oneshot::Receiver<WaitStatus>,
+    mut guard: GroupGuard,
+    timeout: Option<Duration>,
+    started: Instant,
+    sender: mpsc::Sender<Output>,
+) {
+    let pgid = guard.pgid;
+    let outcome = {
+        let waiting = wait_for_exit(exit, pgid, timeout);
+        let reading = async {
+            tokio::join!(
+                pump(&mut pipes.stdout, false, &sender),
+                pump(&mut pipes.stderr, true, &sender)
+            )
+        };
         tokio::pin!(waiting, reading);
 
         let mut read_done = false;
         let outcome = loop {
             tokio::select! {
-                outcome = &mut waiting => break outcome,
+                outcome = &mut waiting => break Some(outcome),
                 _ = &mut reading, if !read_done => read_done = true,
+                _ = sender.closed() => break None,
             }
         };
-        if !read_done {
+        if outcome.is_some() && !read_done {
             // NOTE: output a background child writes later than this is dropped by design.
             let _ = tokio::time::timeout(PIPE_GRACE, &mut reading).await;
         }
         outcome
     };
+    let Some((status, timed_out)) = outcome else {
+        return;
+    };
     guard.armed = false;
-    stdout.drain_ready();
-    stderr.drain_ready();
+    drain_ready(&mut pipes.stdout, false, &sender).await;
+    drain_ready(&mut pipes.stderr, true, &sender).await;
 
+    let finished = exit_status(status, timed_out, pgid, started);
+    if let Ok(finished) = &finished {
+        tracing::info!(
+            pid = pgid,
+            exit_code = finished.exit_code,
+            timed_out,
+            duration_ms = finished.duration_ms,
+            "exec finished"
+        );
+    }
+    let _ = sender.send(Output::Exit(finished)).await;
+}
+
+/// Converts the shell's wait status; a signal `N` gives exit code 128 + N, and a timeout 124.
+fn exit_status(
+    status: Option<WaitStatus>,
+    timed_out: bool,
+    pgid: i32,
+    started: Instant,
+) -> Result<Finished, ApiError> {
     let status = status.ok_or_else(|| {
         ApiError::internal(
             "exec_failed",
@@ -92,24 +227,12 @@ pub(super) async fn exec(request: ExecRequest) -> Result<ExecResult, ApiError> {
             ))
         }
     };
-
-    let result = ExecResult {
+    Ok(Finished {
         exit_code: if timed_out { EXIT_CODE_TIMED_OUT } else { code },
-        truncated: stdout.truncated || stderr.truncated,
-        stdout: String::from_utf8_lossy(&stdout.data).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr.data).into_owned(),
-        timed_out,
         signal,
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
-    tracing::info!(
-        pid = pgid,
-        exit_code = result.exit_code,
         timed_out,
-        duration_ms = result.duration_ms,
-        "exec finished"
-    );
-    Ok(result)
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
 }
 
 /// Validates `request` and resolves its user, working directory and environment.
@@ -346,67 +469,70 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Output of one pipe, capped at [`EXEC_OUTPUT_LIMIT`].
-struct Capture {
-    pipe: Option<pipe::Receiver>,
-    data: Vec<u8>,
-    truncated: bool,
+fn watch_pipe(fd: Option<OwnedFd>) -> Result<Option<pipe::Receiver>, ApiError> {
+    fd.map(pipe::Receiver::from_owned_fd)
+        .transpose()
+        .map_err(|error| {
+            ApiError::internal(
+                "exec_failed",
+                format!("cannot watch the command's output pipe: {error}"),
+            )
+        })
 }
 
-impl Capture {
-    fn new(fd: Option<OwnedFd>) -> Result<Self, ApiError> {
-        let pipe = fd
-            .map(pipe::Receiver::from_owned_fd)
-            .transpose()
-            .map_err(|error| {
-                ApiError::internal(
-                    "exec_failed",
-                    format!("cannot watch the command's output pipe: {error}"),
-                )
-            })?;
-        Ok(Self {
-            pipe,
-            data: Vec::new(),
-            truncated: false,
-        })
-    }
-
-    /// Reads until end of file. Output past the cap is read and discarded, so that the command
-    /// does not block on a full pipe.
-    async fn fill(&mut self) {
-        let Some(pipe) = self.pipe.as_mut() else {
+/// Sends chunks read from `pipe` until end of file, then clears it. A queue slot is reserved
+/// before each read, so a slow receiver stops the reading (and then the command, once the pipe
+/// is full), and cancelling this future loses no bytes. Stops when the receiver is dropped.
+async fn pump(pipe: &mut Option<pipe::Receiver>, stderr: bool, sender: &mpsc::Sender<Output>) {
+    let Some(reader) = pipe.as_mut() else {
+        return;
+    };
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let Ok(permit) = sender.reserve().await else {
             return;
         };
-        let mut chunk = vec![0u8; READ_CHUNK];
-        loop {
-            match pipe.read(&mut chunk).await {
-                Ok(0) => break,
-                Ok(n) => append(&mut self.data, &mut self.truncated, &chunk[..n]),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "reading command output failed");
+        match reader.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => permit.send(Output::Chunk {
+                stderr,
+                bytes: chunk[..n].to_vec(),
+            }),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                tracing::warn!(%error, "reading command output failed");
+                break;
+            }
+        }
+    }
+    *pipe = None;
+}
+
+/// Sends the bytes `pipe` contains right now, up to [`DRAIN_LIMIT`], without waiting for more,
+/// and closes it. The limit stops a background child that keeps writing from holding the exit.
+async fn drain_ready(
+    pipe: &mut Option<pipe::Receiver>,
+    stderr: bool,
+    sender: &mpsc::Sender<Output>,
+) {
+    let Some(reader) = pipe.take() else {
+        return;
+    };
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut drained = 0;
+    while drained < DRAIN_LIMIT {
+        match reader.try_read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                drained += n;
+                let bytes = chunk[..n].to_vec();
+                if sender.send(Output::Chunk { stderr, bytes }).await.is_err() {
                     break;
                 }
             }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         }
-        self.pipe = None;
-    }
-
-    /// Appends the bytes the pipe contains right now, without waiting for more.
-    fn drain_ready(&mut self) {
-        let Some(pipe) = self.pipe.as_ref() else {
-            return;
-        };
-        let mut chunk = vec![0u8; READ_CHUNK];
-        loop {
-            match pipe.try_read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => append(&mut self.data, &mut self.truncated, &chunk[..n]),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        self.pipe = None;
     }
 }
 

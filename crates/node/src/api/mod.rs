@@ -57,6 +57,7 @@ pub struct AppState {
         sandboxes::resume,
         sandboxes::set_timeout,
         exec::exec,
+        exec::exec_stream,
         files::read,
         files::write,
         files::remove,
@@ -89,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/exec", post(exec::exec))
+        .route("/sandboxes/{id}/exec/stream", post(exec::exec_stream))
         .route(
             "/sandboxes/{id}/files",
             get(files::read).put(files::write).delete(files::remove),

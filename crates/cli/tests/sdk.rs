@@ -1,0 +1,141 @@
+//! The Rust SDK against a real server: streaming execute with callbacks, files, lifecycle.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use futures_util::StreamExt;
+use gitvm_sdk::{ExecEvent, ExecRequest, ExecuteOptions, SandboxState};
+
+#[tokio::test]
+async fn execute_feeds_callbacks_as_output_arrives() {
+    let server = Server::start();
+    let id = server.create().await.id;
+    let started = Instant::now();
+    let lines: Arc<Mutex<Vec<(String, Duration)>>> = Arc::default();
+    let sink = lines.clone();
+    let options = ExecuteOptions {
+        on_stdout: Some(Box::new(move |chunk: &[u8]| {
+            let text = String::from_utf8_lossy(chunk).into_owned();
+            sink.lock().unwrap().push((text, started.elapsed()));
+        })),
+        ..Default::default()
+    };
+    let output = server
+        .client
+        .execute(&id, "for i in 1 2 3; do echo $i; sleep 1; done", options)
+        .await
+        .unwrap();
+    let total = started.elapsed();
+
+    assert_eq!(output.exit_code, 0);
+    assert!(output.stdout.is_empty(), "stdout went to the callback");
+    let lines = lines.lock().unwrap();
+    let text: String = lines.iter().map(|(text, _)| text.as_str()).collect();
+    assert_eq!(text, "1\n2\n3\n");
+    let (first, first_at) = &lines[0];
+    assert!(first.starts_with('1'), "{first:?}");
+    assert!(
+        *first_at + Duration::from_millis(1500) < total,
+        "first chunk at {first_at:?}, command ended at {total:?}"
+    );
+}
+
+#[tokio::test]
+async fn execute_collects_exact_bytes_and_stderr() {
+    let server = Server::start();
+    let id = server.create().await.id;
+    let output = server
+        .client
+        .execute(
+            &id,
+            "printf '\\377\\000\\001'; printf oops >&2; exit 5",
+            ExecuteOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(output.stdout, vec![0xff, 0x00, 0x01]);
+    assert_eq!(output.stderr, b"oops");
+    assert_eq!(output.exit_code, 5);
+    assert!(output.pid > 0);
+}
+
+#[tokio::test]
+async fn exec_stream_ends_with_exit_event() {
+    let server = Server::start();
+    let id = server.create().await.id;
+    let request = ExecRequest {
+        command: "echo a; kill -9 $$".into(),
+        ..Default::default()
+    };
+    let events: Vec<ExecEvent> = server
+        .client
+        .exec_stream(&id, &request)
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert!(
+        matches!(events.first(), Some(ExecEvent::Start { .. })),
+        "{events:?}"
+    );
+    let Some(ExecEvent::Exit {
+        exit_code,
+        signal,
+        timed_out,
+        ..
+    }) = events.last()
+    else {
+        panic!("last event is not exit: {events:?}");
+    };
+    assert_eq!(*exit_code, 137);
+    assert_eq!(signal.as_deref(), Some("SIGKILL"));
+    assert!(!timed_out);
+    let stdout: Vec<u8> = events
+        .iter()
+        .filter(|event| matches!(event, ExecEvent::Stdout { .. }))
+        .flat_map(|event| event.bytes().unwrap().unwrap())
+        .collect();
+    assert_eq!(stdout, b"a\n");
+}
+
+#[tokio::test]
+async fn sdk_files_and_lifecycle_round_trip() {
+    let server = Server::start();
+    let client = &server.client;
+    let id = server.create().await.id;
+
+    client.make_dir(&id, "/work/sdk").await.unwrap();
+    client
+        .write_file(&id, "/work/sdk/data.bin", vec![1u8, 2, 3, 0, 255])
+        .await
+        .unwrap();
+    let entries = client.list_files(&id, "/work/sdk").await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].name, "data.bin");
+    let mut stream = client.read_file(&id, "/work/sdk/data.bin").await.unwrap();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        data.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(data, vec![1u8, 2, 3, 0, 255]);
+
+    assert_eq!(
+        client.lifecycle(&id, "pause").await.unwrap().state,
+        SandboxState::Paused
+    );
+    assert_eq!(
+        client.lifecycle(&id, "resume").await.unwrap().state,
+        SandboxState::Running
+    );
+    client.remove_file(&id, "/work/sdk").await.unwrap();
+    assert!(client.list_files(&id, "/work/sdk").await.is_err());
+    client.delete_sandbox(&id).await.unwrap();
+    assert_eq!(
+        client.get_sandbox(&id).await.unwrap().state,
+        SandboxState::Deleted
+    );
+}
