@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian machine for gitvm: installs Docker and debootstrap when missing, starts
+# Prepares a fresh Debian machine for gitvm: installs Docker, debootstrap and tmux when missing, starts
 # dockerd when it is not running, and builds the `gitvm` binary. Safe to run again.
 # Usage: scripts/setup.sh [release|debug]   (default: release)
 set -euo pipefail
@@ -12,6 +12,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 need_packages=()
 command -v dockerd >/dev/null 2>&1 || need_packages+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need_packages+=(debootstrap)
+# The terminal tests drive `gitvm vm shell` inside tmux.
+command -v tmux >/dev/null 2>&1 || need_packages+=(tmux)
 if [ "${#need_packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "error: missing ${need_packages[*]}; run this script as root or install them with apt-get" >&2

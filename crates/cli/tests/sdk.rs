@@ -139,3 +139,74 @@ async fn sdk_files_and_lifecycle_round_trip() {
         SandboxState::Deleted
     );
 }
+
+#[tokio::test]
+async fn builder_and_machine_interface() {
+    use gitvm_sdk::Machine;
+
+    let server = Server::start();
+    let sandbox = server
+        .client
+        .new_sandbox()
+        .memory_mb(256)
+        .timeout(600)
+        .env("GREETING", "hello")
+        .metadata("suite", "sdk")
+        .create()
+        .await
+        .unwrap();
+    let info = sandbox.info().await.unwrap();
+    assert_eq!(info.memory_mb, 256);
+    assert_eq!(info.metadata.get("suite").map(String::as_str), Some("sdk"));
+
+    // Through the trait object, as an agent framework would hold it.
+    let machine: &dyn Machine = &sandbox;
+    assert_eq!(machine.state().await.unwrap(), SandboxState::Running);
+    machine
+        .write_file("/work/m/hello.py", b"print('hi')\n".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        machine.read_file("/work/m/hello.py").await.unwrap(),
+        b"print('hi')\n"
+    );
+    let names: Vec<String> = machine
+        .list_files("/work/m")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.name)
+        .collect();
+    assert_eq!(names, ["hello.py"]);
+    let output = machine
+        .execute(
+            "python3 /work/m/hello.py; echo $GREETING",
+            ExecuteOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(output.stdout, b"hi\nhello\n");
+
+    machine.pause().await.unwrap();
+    assert_eq!(machine.state().await.unwrap(), SandboxState::Paused);
+    machine.resume().await.unwrap();
+    machine.stop().await.unwrap();
+    assert_eq!(machine.state().await.unwrap(), SandboxState::Stopped);
+    machine.start().await.unwrap();
+    let output = machine
+        .execute("cat /work/m/hello.py", ExecuteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(output.stdout, b"print('hi')\n");
+
+    let extended = sandbox.set_timeout(0).await.unwrap();
+    assert_eq!(extended.expires_at, None);
+    let snapshot = sandbox.snapshot().await.unwrap();
+    assert_eq!(snapshot.sandbox_id, machine.id());
+    let id = machine.id().to_string();
+    sandbox.delete().await.unwrap();
+    assert_eq!(
+        server.client.get_sandbox(&id).await.unwrap().state,
+        SandboxState::Deleted
+    );
+}

@@ -251,6 +251,85 @@ impl ExecEvent {
     }
 }
 
+/// Body of `POST /sandboxes/:id/processes`: a command started in the background.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartProcessRequest {
+    /// Shell command line, run as `/bin/sh -c COMMAND`.
+    pub command: String,
+    /// Working directory; must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Extra environment variables; they override the sandbox's `envVars`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// User name or numeric uid to run as; `root` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Name to find the process by later, unique among the sandbox's running processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Seconds after which the process group is killed; no limit when absent or 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+}
+
+/// Lifecycle state of a background process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessState {
+    /// The shell has not exited yet.
+    Running,
+    /// The shell exited; `exitCode` is set.
+    Exited,
+}
+
+/// A background process as returned by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessInfo {
+    /// Process id of the shell inside the sandbox.
+    pub pid: u32,
+    /// Tag given at start, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Command line as given.
+    pub command: String,
+    /// Whether the process still runs.
+    pub state: ProcessState,
+    /// Exit status once exited, with the conventions of [`ExecResult::exit_code`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Name of the signal that ended the process, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// True when the process was killed because its timeout elapsed.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Start time, RFC 3339 UTC.
+    pub started_at: String,
+    /// Exit time, RFC 3339 UTC, once exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited_at: Option<String>,
+}
+
+/// Body of `GET /sandboxes/:id/processes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessList {
+    /// Processes started in the background, running ones and recently exited ones, oldest
+    /// first.
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// Body of `POST /sandboxes/:id/processes/:pid/signal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignalRequest {
+    /// Signal name (`SIGTERM` or `TERM`) or number (`15`).
+    pub signal: String,
+}
+
 /// Kind of a directory entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -23,7 +23,10 @@ pub use gitvm_proto::*;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
+mod machine;
 mod ndjson;
+
+pub use machine::{Machine, SandboxBuilder, SandboxHandle};
 
 /// Failure of an SDK call.
 #[derive(Debug, thiserror::Error)]
