@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gitvm_proto::agent::AgentHealth;
-use gitvm_proto::{ErrorBody, ExecRequest, ExecResult, FileList};
+use gitvm_proto::{
+    ErrorBody, ExecRequest, ExecResult, FileList, ProcessInfo, ProcessList, SignalRequest,
+    StartProcessRequest,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -34,6 +37,9 @@ const STREAM_WINDOW: u32 = 1024 * 1024;
 
 /// Receive window of the whole connection, in bytes.
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Request header of `POST /pty` carrying its options as a JSON object.
+const PTY_OPTIONS_HEADER: &str = "x-gitvm-pty";
 
 /// Failure talking to an agent.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +163,45 @@ impl AgentClient {
         Ok(response.into_body())
     }
 
+    /// Opens an interactive terminal of `cols` x `rows` running the shell command line
+    /// `command`, or a login shell when `None`; `input` is written to it as typed bytes.
+    /// Returns the NDJSON body of [`gitvm_proto::ExecEvent`]s: `start`, `stdout` chunks of
+    /// terminal output, then `exit`. Dropping the body hangs up the terminal.
+    pub async fn pty(
+        &self,
+        cols: u16,
+        rows: u16,
+        command: Option<&str>,
+        input: RequestBody,
+    ) -> Result<Incoming, AgentError> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://agent/pty?cols={cols}&rows={rows}"));
+        if let Some(command) = command {
+            // JSON escapes control characters, so any command line fits in a header value.
+            let options = serde_json::json!({ "command": command }).to_string();
+            request = request.header(PTY_OPTIONS_HEADER, options);
+        }
+        let request = request
+            .body(input)
+            .map_err(|error| AgentError::Decode(format!("invalid pty request: {error}")))?;
+
+        let mut sender = self.sender.clone();
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        if !response.status().is_success() {
+            return Err(remote_error(response).await);
+        }
+        Ok(response.into_body())
+    }
+
+    /// Sets the window size of the terminal whose command has process id `pid`.
+    pub async fn pty_resize(&self, pid: u32, cols: u16, rows: u16) -> Result<(), AgentError> {
+        let uri = format!("/pty/{pid}/resize?cols={cols}&rows={rows}");
+        let response = self.send(Method::POST, uri, empty()).await?;
+        drain(response).await
+    }
+
     /// Opens a file for reading and returns its bytes as a stream.
     pub async fn read_file(&self, path: &str) -> Result<Incoming, AgentError> {
         let response = self
@@ -195,6 +240,102 @@ impl AgentClient {
             .send(Method::DELETE, path_uri("/files", path), empty())
             .await?;
         drain(response).await
+    }
+
+    /// Starts a command in the background and returns its info.
+    pub async fn start_process(
+        &self,
+        req: &StartProcessRequest,
+    ) -> Result<ProcessInfo, AgentError> {
+        let body = serde_json::to_vec(req).map_err(|error| {
+            AgentError::Decode(format!("cannot encode start process request: {error}"))
+        })?;
+        let response = self
+            .send(Method::POST, "/processes".into(), full(body))
+            .await?;
+        decode_json(response).await
+    }
+
+    /// Lists running background processes and the most recently exited ones.
+    pub async fn list_processes(&self) -> Result<ProcessList, AgentError> {
+        let response = self.send(Method::GET, "/processes".into(), empty()).await?;
+        decode_json(response).await
+    }
+
+    /// Fetches the background process whose pid or tag is `selector`.
+    pub async fn process(&self, selector: &str) -> Result<ProcessInfo, AgentError> {
+        let response = self
+            .send(Method::GET, process_uri(selector, ""), empty())
+            .await?;
+        decode_json(response).await
+    }
+
+    /// Follows a background process's output: an NDJSON body of [`gitvm_proto::ExecEvent`]
+    /// lines with `start`, the kept recent output, live output, then `exit`. Dropping the body
+    /// leaves the process running.
+    pub async fn process_output(&self, selector: &str) -> Result<Incoming, AgentError> {
+        let response = self
+            .send(Method::GET, process_uri(selector, "/output"), empty())
+            .await?;
+        Ok(response.into_body())
+    }
+
+    /// Writes `body` to a background process's stdin.
+    pub async fn write_process_stdin(
+        &self,
+        selector: &str,
+        body: RequestBody,
+    ) -> Result<(), AgentError> {
+        let response = self
+            .send(Method::POST, process_uri(selector, "/stdin"), body)
+            .await?;
+        drain(response).await
+    }
+
+    /// Closes a background process's stdin, so that it reads end of file.
+    pub async fn close_process_stdin(&self, selector: &str) -> Result<(), AgentError> {
+        let response = self
+            .send(Method::POST, process_uri(selector, "/stdin/close"), empty())
+            .await?;
+        drain(response).await
+    }
+
+    /// Sends a signal to a background process's process group.
+    pub async fn signal_process(
+        &self,
+        selector: &str,
+        req: &SignalRequest,
+    ) -> Result<(), AgentError> {
+        let body = serde_json::to_vec(req).map_err(|error| {
+            AgentError::Decode(format!("cannot encode signal request: {error}"))
+        })?;
+        let response = self
+            .send(Method::POST, process_uri(selector, "/signal"), full(body))
+            .await?;
+        drain(response).await
+    }
+
+    /// Sends SIGKILL to a background process's process group.
+    pub async fn kill_process(&self, selector: &str) -> Result<(), AgentError> {
+        let response = self
+            .send(Method::POST, process_uri(selector, "/kill"), empty())
+            .await?;
+        drain(response).await
+    }
+
+    /// Waits up to `timeout_secs` (no limit when `None` or 0) for a background process to
+    /// exit, and returns its info; its `state` is still `running` when the time ran out.
+    pub async fn wait_process(
+        &self,
+        selector: &str,
+        timeout_secs: Option<f64>,
+    ) -> Result<ProcessInfo, AgentError> {
+        let mut uri = process_uri(selector, "/wait");
+        if let Some(timeout) = timeout_secs {
+            uri.push_str(&format!("?timeout={timeout}"));
+        }
+        let response = self.send(Method::POST, uri, empty()).await?;
+        decode_json(response).await
     }
 
     /// Sends one request and turns an error status into [`AgentError::Remote`].
@@ -268,6 +409,21 @@ fn full(bytes: Vec<u8>) -> RequestBody {
         .boxed()
 }
 
+/// Builds `/processes/SELECTOR` plus `suffix`, with the selector percent-encoded like a query
+/// path but with `/` encoded too, so that it stays one path segment.
+fn process_uri(selector: &str, suffix: &str) -> String {
+    let mut uri = "/processes/".to_owned();
+    for &byte in selector.as_bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            uri.push(byte as char);
+        } else {
+            uri.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    uri.push_str(suffix);
+    uri
+}
+
 /// Builds `route?path=P` with `P` percent-encoded byte by byte; only RFC 3986 unreserved
 /// characters and `/` stay literal.
 fn path_uri(route: &str, path: &str) -> String {
@@ -294,5 +450,11 @@ mod tests {
             "/files?path=/x%26y%23z%25%2B"
         );
         assert_eq!(path_uri("/files", "/naïve"), "/files?path=/na%C3%AFve");
+    }
+
+    #[test]
+    fn process_uri_keeps_selector_one_segment() {
+        assert_eq!(process_uri("web", "/output"), "/processes/web/output");
+        assert_eq!(process_uri("a/b c", ""), "/processes/a%2Fb%20c");
     }
 }

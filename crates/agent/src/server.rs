@@ -3,6 +3,8 @@
 
 mod exec;
 mod files;
+mod processes;
+mod pty;
 mod reaper;
 mod signals;
 mod stream;
@@ -227,11 +229,16 @@ async fn route(request: Request<Incoming>) -> Response<ResponseBody> {
         (Method::GET, "/health") => Ok(health()),
         (Method::POST, "/exec") => exec_route(request).await,
         (Method::POST, "/exec/stream") => exec_stream_route(request).await,
+        (Method::POST, "/pty") => pty::open(request).await,
+        (Method::POST, p) if p.starts_with("/pty/") => pty::resize(&request),
         (Method::GET, "/files") => files::read(request).await,
         (Method::PUT, "/files") => files::write(request).await,
         (Method::DELETE, "/files") => files::remove(request).await,
         (Method::GET, "/files/list") => files::list(request).await,
         (Method::POST, "/files/mkdir") => files::make_dir(request).await,
+        (_, p) if p == "/processes" || p.starts_with("/processes/") => {
+            processes::route(request).await
+        }
         (_, "/health" | "/exec" | "/exec/stream" | "/files" | "/files/list" | "/files/mkdir") => {
             Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

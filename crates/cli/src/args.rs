@@ -47,6 +47,10 @@ pub enum Command {
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
 
+    /// Run and control background processes in a sandbox.
+    #[command(subcommand)]
+    Proc(ProcCommand),
+
     /// Build sandbox templates.
     #[command(subcommand)]
     Template(TemplateCommand),
@@ -88,6 +92,12 @@ pub enum VmCommand {
     /// failures exit with 125.
     Exec(VmExec),
 
+    /// Open an interactive terminal in a running sandbox; exits with the shell's exit code.
+    ///
+    /// Runs a login shell (`/bin/bash -l`, else `/bin/sh`) on a pseudo-terminal. gitvm's own
+    /// failures exit with 125.
+    Shell(VmShell),
+
     /// Start a stopped sandbox.
     Start(VmId),
 
@@ -120,6 +130,16 @@ pub struct VmId {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmShell {
+    /// Sandbox id.
+    pub id: String,
+
+    /// Shell command line to run on the terminal instead of a login shell, such as `top`.
+    #[arg(long, short = 'c')]
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +280,78 @@ pub enum FilesCommand {
         id: String,
         /// Absolute path inside the sandbox.
         path: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProcCommand {
+    /// Start a command in the background and print its pid.
+    Start {
+        /// Sandbox id.
+        id: String,
+        /// Name to find the process by later.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Working directory inside the sandbox.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Environment variable, as KEY=VALUE; repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Print the whole process as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The command, after `--`; one word is a shell line, several are quoted.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+
+    /// List background processes.
+    #[command(alias = "ls")]
+    List {
+        /// Sandbox id.
+        id: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Print a process's output from its replay buffer on, follow it until it exits, and exit
+    /// with its exit code.
+    Logs {
+        /// Sandbox id.
+        id: String,
+        /// Pid or tag.
+        process: String,
+    },
+
+    /// Send a signal (TERM, SIGINT, 9, ...) to a process's group.
+    Signal {
+        /// Sandbox id.
+        id: String,
+        /// Pid or tag.
+        process: String,
+        /// Signal name or number.
+        signal: String,
+    },
+
+    /// Kill a process and its whole process group.
+    Kill {
+        /// Sandbox id.
+        id: String,
+        /// Pid or tag.
+        process: String,
+    },
+
+    /// Wait until a process exits; print it as JSON and exit with its exit code.
+    Wait {
+        /// Sandbox id.
+        id: String,
+        /// Pid or tag.
+        process: String,
+        /// Give up after this many seconds (exit 1).
+        #[arg(long)]
+        timeout: Option<f64>,
     },
 }
 

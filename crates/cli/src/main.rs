@@ -8,7 +8,9 @@ use clap::Parser;
 mod args;
 mod files;
 mod output;
+mod process;
 mod server;
+mod shell;
 mod snapshot;
 mod template;
 mod vm;
@@ -67,6 +69,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Template(command) => template::run(command).await,
         Command::Vm(command) => vm::run(&cli.connection, command).await,
         Command::Snapshot(command) => snapshot::run(&cli.connection, command).await,
+        Command::Proc(command) => match vm::client(&cli.connection) {
+            Ok(client) => process::run(&client, command).await,
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(code) => code,

@@ -65,6 +65,7 @@ pub async fn run(connection: &Connection, command: VmCommand) -> Result<ExitCode
             }
         }
         VmCommand::Exec(args) => return Ok(exec(&client, args).await),
+        VmCommand::Shell(args) => return Ok(crate::shell::run(connection, args).await),
         VmCommand::Start(args) => lifecycle(&client, &args.id, "start", args.json).await?,
         VmCommand::Stop(args) => lifecycle(&client, &args.id, "stop", args.json).await?,
         VmCommand::Pause(args) => lifecycle(&client, &args.id, "pause", args.json).await?,
@@ -163,7 +164,7 @@ fn exit_code(status: i32) -> ExitCode {
 
 /// Turns the words after `--` into one shell command line: a single word is taken as a shell
 /// line as it is, several words are quoted so each stays one argument.
-fn shell_line(words: &[String]) -> Result<String> {
+pub fn shell_line(words: &[String]) -> Result<String> {
     if let [line] = words {
         return Ok(line.clone());
     }

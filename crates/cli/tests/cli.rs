@@ -231,3 +231,39 @@ async fn closed_output_pipe_ends_quietly() {
     assert_eq!(stdout(&output), "1\nstatus=141\n");
     assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
 }
+
+#[tokio::test]
+async fn proc_commands_start_follow_signal() {
+    let server = Server::start();
+    let id = create_with_cli(&server);
+
+    let started = server.cli(&[
+        "proc",
+        "start",
+        &id,
+        "--tag",
+        "counter",
+        "--",
+        "for i in 1 2 3; do echo $i; sleep 0.2; done; exit 4",
+    ]);
+    assert!(started.status.success(), "{}", stderr(&started));
+    let pid = stdout(&started).trim().to_string();
+    assert!(pid.parse::<u32>().is_ok(), "{pid}");
+
+    let listed = server.cli(&["proc", "list", &id]);
+    assert!(stdout(&listed).contains("counter"), "{}", stdout(&listed));
+
+    let logs = server.cli(&["proc", "logs", &id, "counter"]);
+    assert_eq!(stdout(&logs), "1\n2\n3\n");
+    assert_eq!(logs.status.code(), Some(4));
+
+    let sleeper = server.cli(&["proc", "start", &id, "--tag", "sleeper", "--", "sleep 600"]);
+    assert!(sleeper.status.success(), "{}", stderr(&sleeper));
+    let signal = server.cli(&["proc", "signal", &id, "sleeper", "TERM"]);
+    assert!(signal.status.success(), "{}", stderr(&signal));
+    let waited = server.cli(&["proc", "wait", &id, "sleeper", "--timeout", "10"]);
+    assert_eq!(waited.status.code(), Some(143));
+    let info: serde_json::Value = serde_json::from_slice(&waited.stdout).unwrap();
+    assert_eq!(info["signal"], "SIGTERM");
+    assert_eq!(info["state"], "exited");
+}

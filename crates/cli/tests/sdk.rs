@@ -210,3 +210,55 @@ async fn builder_and_machine_interface() {
         SandboxState::Deleted
     );
 }
+
+#[tokio::test]
+async fn process_handle_stdin_output_and_wait() {
+    let server = Server::start();
+    let sandbox = server
+        .client
+        .new_sandbox()
+        .timeout(600)
+        .create()
+        .await
+        .unwrap();
+    let process = sandbox
+        .start_process(&gitvm_sdk::StartProcessRequest {
+            command: "tr a-z A-Z".into(),
+            tag: Some("upper".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let by_tag = sandbox.process("upper");
+    assert_eq!(
+        by_tag.info().await.unwrap().state,
+        gitvm_sdk::ProcessState::Running
+    );
+    process.write_stdin("hello sdk\n").await.unwrap();
+    process.close_stdin().await.unwrap();
+    let info = process.wait(Some(10.0)).await.unwrap();
+    assert_eq!(info.state, gitvm_sdk::ProcessState::Exited);
+    assert_eq!(info.exit_code, Some(0));
+
+    // The replay buffer still holds the output after exit.
+    let events: Vec<ExecEvent> = by_tag
+        .output()
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    let stdout: Vec<u8> = events
+        .iter()
+        .filter(|event| matches!(event, ExecEvent::Stdout { .. }))
+        .flat_map(|event| event.bytes().unwrap().unwrap())
+        .collect();
+    assert_eq!(stdout, b"HELLO SDK\n");
+    assert!(matches!(
+        events.last(),
+        Some(ExecEvent::Exit { exit_code: 0, .. })
+    ));
+    let listed = sandbox.processes().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].tag.as_deref(), Some("upper"));
+}

@@ -25,8 +25,10 @@ use serde::de::DeserializeOwned;
 
 mod machine;
 mod ndjson;
+mod process;
 
 pub use machine::{Machine, SandboxBuilder, SandboxHandle};
+pub use process::ProcessHandle;
 
 /// Failure of an SDK call.
 #[derive(Debug, thiserror::Error)]

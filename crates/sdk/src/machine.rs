@@ -147,8 +147,8 @@ impl Client {
 /// One sandbox on one server. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SandboxHandle {
-    client: Client,
-    id: String,
+    pub(crate) client: Client,
+    pub(crate) id: String,
 }
 
 impl SandboxHandle {

@@ -70,13 +70,31 @@ pub(super) struct Running {
     pub output: mpsc::Receiver<Output>,
 }
 
+/// Standard input of a spawned command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stdin {
+    /// `/dev/null`: the command reads end of file at once.
+    Null,
+    /// A pipe whose write end the caller gets back from [`spawn`].
+    Piped,
+}
+
 /// Validates `request`, spawns its command and starts the task that reads its pipes, waits for
 /// its exit and enforces its timeout. Fails before anything runs when the request is invalid.
 pub(super) fn start(request: ExecRequest) -> Result<Running, ApiError> {
+    spawn(request, Stdin::Null).map(|(running, _)| running)
+}
+
+/// Does what [`start`] does, with `stdin` as the command's standard input. Returns the write
+/// end of the stdin pipe for [`Stdin::Piped`].
+pub(super) fn spawn(
+    request: ExecRequest,
+    stdin: Stdin,
+) -> Result<(Running, Option<pipe::Sender>), ApiError> {
     let plan = prepare(request)?;
     let started = Instant::now();
 
-    let mut command = build_command(&plan);
+    let mut command = build_command(&plan, stdin);
     let (mut child, exit) = reaper::spawn_tracked(&mut command)
         .map_err(|error| spawn_error(&error, &plan.account.name))?;
     let pid = child.id();
@@ -89,6 +107,17 @@ pub(super) fn start(request: ExecRequest) -> Result<Running, ApiError> {
 
     let stdout = watch_pipe(child.stdout.take().map(OwnedFd::from))?;
     let stderr = watch_pipe(child.stderr.take().map(OwnedFd::from))?;
+    let input = child
+        .stdin
+        .take()
+        .map(|fd| pipe::Sender::from_owned_fd(OwnedFd::from(fd)))
+        .transpose()
+        .map_err(|error| {
+            ApiError::internal(
+                "exec_failed",
+                format!("cannot watch the command's stdin pipe: {error}"),
+            )
+        })?;
     let (sender, output) = mpsc::channel(OUTPUT_QUEUE);
     tokio::spawn(drive(
         Pipes { stdout, stderr },
@@ -98,7 +127,7 @@ pub(super) fn start(request: ExecRequest) -> Result<Running, ApiError> {
         started,
         sender,
     ));
-    Ok(Running { pid, output })
+    Ok((Running { pid, output }, input))
 }
 
 /// Runs the command of `request` to completion and returns its exit status and output.
@@ -387,7 +416,7 @@ fn working_directory(cwd: Option<&str>, account: &Account) -> Result<PathBuf, Ap
     }
 }
 
-fn build_command(plan: &Plan) -> Command {
+fn build_command(plan: &Plan, stdin: Stdin) -> Command {
     let mut command = Command::new(SHELL);
     command
         .arg("-c")
@@ -395,7 +424,10 @@ fn build_command(plan: &Plan) -> Command {
         .env_clear()
         .envs(&plan.env)
         .current_dir(&plan.cwd)
-        .stdin(Stdio::null())
+        .stdin(match stdin {
+            Stdin::Null => Stdio::null(),
+            Stdin::Piped => Stdio::piped(),
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
 

@@ -1,15 +1,9 @@
-use std::pin::Pin;
-use std::sync::Mutex;
-use std::task::{Context, Poll};
-
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use gitvm_agent::client::BoxError;
 use gitvm_proto::{ErrorBody, FileList};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::extract::{ApiPath, ApiQuery};
@@ -78,9 +72,7 @@ pub async fn write(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let path = query.require_path()?;
-    let body = SyncBody(Mutex::new(body))
-        .map_err(|err| Box::new(err) as BoxError)
-        .boxed();
+    let body = super::body::streamed(body);
     state.node.write_file(&id, &path, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -148,39 +140,4 @@ pub async fn mkdir(
     let path = query.require_path()?;
     state.node.make_dir(&id, &path).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// A request body that is `Sync`, as the agent client's body type requires. axum's body is
-/// only `Send`; the mutex is never contended because polling takes `&mut self`.
-struct SyncBody(Mutex<Body>);
-
-impl HttpBody for SyncBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
-        let body = self
-            .get_mut()
-            .0
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Pin::new(body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0
-            .lock()
-            .map(|body| body.is_end_stream())
-            .unwrap_or(true)
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.0
-            .lock()
-            .map(|body| body.size_hint())
-            .unwrap_or_default()
-    }
 }

@@ -16,10 +16,13 @@ use utoipa::OpenApi;
 use crate::sandbox::{Node, NodeError};
 
 mod auth;
+mod body;
 pub mod error;
 mod exec;
 pub mod extract;
 mod files;
+mod processes;
+mod pty;
 mod sandboxes;
 mod snapshots;
 mod system;
@@ -58,11 +61,21 @@ pub struct AppState {
         sandboxes::set_timeout,
         exec::exec,
         exec::exec_stream,
+        pty::pty,
         files::read,
         files::write,
         files::remove,
         files::list,
         files::mkdir,
+        processes::start,
+        processes::list,
+        processes::get,
+        processes::output,
+        processes::write_stdin,
+        processes::close_stdin,
+        processes::signal,
+        processes::kill,
+        processes::wait,
         snapshots::create,
         snapshots::list,
         snapshots::delete,
@@ -91,12 +104,42 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/exec", post(exec::exec))
         .route("/sandboxes/{id}/exec/stream", post(exec::exec_stream))
+        .route("/sandboxes/{id}/pty", get(pty::pty))
         .route(
             "/sandboxes/{id}/files",
             get(files::read).put(files::write).delete(files::remove),
         )
         .route("/sandboxes/{id}/files/list", get(files::list))
         .route("/sandboxes/{id}/files/mkdir", post(files::mkdir))
+        .route(
+            "/sandboxes/{id}/processes",
+            post(processes::start).get(processes::list),
+        )
+        .route("/sandboxes/{id}/processes/{selector}", get(processes::get))
+        .route(
+            "/sandboxes/{id}/processes/{selector}/output",
+            get(processes::output),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{selector}/stdin",
+            post(processes::write_stdin),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{selector}/stdin/close",
+            post(processes::close_stdin),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{selector}/signal",
+            post(processes::signal),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{selector}/kill",
+            post(processes::kill),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{selector}/wait",
+            post(processes::wait),
+        )
         .route("/sandboxes/{id}/snapshot", post(snapshots::create))
         .route("/snapshots", get(snapshots::list))
         .route("/snapshots/{id}", delete(snapshots::delete))

@@ -22,6 +22,8 @@ mod error;
 mod exec;
 mod files;
 mod pause;
+mod processes;
+mod pty;
 mod resume;
 mod snapshot;
 mod start;
