@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use gitvm_proto::agent::AgentHealth;
 use gitvm_proto::{
@@ -172,16 +174,15 @@ impl AgentClient {
         cols: u16,
         rows: u16,
         command: Option<&str>,
+        env: &BTreeMap<String, String>,
         input: RequestBody,
     ) -> Result<Incoming, AgentError> {
-        let mut request = Request::builder()
+        // JSON escapes control characters, so any command line fits in a header value.
+        let options = serde_json::json!({ "command": command, "env": env }).to_string();
+        let request = Request::builder()
             .method(Method::POST)
-            .uri(format!("http://agent/pty?cols={cols}&rows={rows}"));
-        if let Some(command) = command {
-            // JSON escapes control characters, so any command line fits in a header value.
-            let options = serde_json::json!({ "command": command }).to_string();
-            request = request.header(PTY_OPTIONS_HEADER, options);
-        }
+            .uri(format!("http://agent/pty?cols={cols}&rows={rows}"))
+            .header(PTY_OPTIONS_HEADER, options);
         let request = request
             .body(input)
             .map_err(|error| AgentError::Decode(format!("invalid pty request: {error}")))?;

@@ -33,6 +33,9 @@ use crate::handshake::server_handshake;
 
 /// Time children get to exit after a forwarded shutdown signal before they are killed. Docker
 /// kills the container 10 s after `docker stop` by default, so this stays below that.
+/// Maximum size of one request's headers, in bytes: room for a terminal's environment.
+const MAX_HEADER_LIST_SIZE: u32 = 2 * 1024 * 1024;
+
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Maximum size of a JSON request body, in bytes.
@@ -204,7 +207,10 @@ async fn serve_connection(stream: tokio::net::UnixStream, shutdown: Cancellation
     tracing::debug!("host connected");
 
     let service = service_fn(|request| async move { Ok::<_, Infallible>(route(request).await) });
+    // A terminal's options travel in a header and carry the sandbox's environment, which the
+    // node allows up to 1 MiB; hyper's default header list limit is 16 KiB.
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {

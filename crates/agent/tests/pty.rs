@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -47,7 +48,11 @@ impl Terminal {
     async fn open(agent: &TestAgent, cols: u16, rows: u16, command: Option<&str>) -> Terminal {
         let (input, receiver) = mpsc::unbounded_channel();
         let body: RequestBody = ChannelBody(receiver).boxed();
-        let body = agent.client.pty(cols, rows, command, body).await.unwrap();
+        let body = agent
+            .client
+            .pty(cols, rows, command, &BTreeMap::new(), body)
+            .await
+            .unwrap();
         let mut terminal = Terminal {
             input,
             body,
@@ -186,7 +191,7 @@ async fn pty_zero_size_rejected() {
 
     let error = agent
         .client
-        .pty(0, 24, None, ChannelBody(receiver).boxed())
+        .pty(0, 24, None, &BTreeMap::new(), ChannelBody(receiver).boxed())
         .await
         .unwrap_err();
 

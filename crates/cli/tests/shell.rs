@@ -307,3 +307,24 @@ async fn shell_sends_api_key() {
     let stderr = String::from_utf8_lossy(&unauthorized.stderr);
     assert!(stderr.contains("missing API key"), "stderr: {stderr}");
 }
+
+#[tokio::test]
+async fn shell_sees_sandbox_env_vars() {
+    let server = Server::start();
+    let sandbox = server
+        .client
+        .create_sandbox(&gitvm_sdk::CreateSandboxRequest {
+            timeout: Some(600),
+            env_vars: [("PROJECT".to_string(), "gitvm-shell".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // `${PROJECT}-ok` appears only in the shell's output, not in the echoed input line.
+    let output = shell_with_piped_input(&server, &sandbox.id, "echo ${PROJECT}-ok; exit 0\n");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("gitvm-shell-ok"), "stdout: {stdout}");
+    assert_eq!(output.status.code(), Some(0), "stdout: {stdout}");
+}

@@ -131,10 +131,18 @@ async fn stream_binary_output_is_exact() {
         Some(ExecEvent::Exit { exit_code: 0, .. })
     ));
 
-    // The buffered exec carries text, so the same bytes come back with U+FFFD for 0xff.
+    // The buffered exec's text has U+FFFD for 0xff; its base64 copy has the exact bytes.
     let buffered = server.exec(&sandbox.id, command).await;
     assert_eq!(buffered.stdout, "\u{fffd}\u{0}\u{1}");
+    assert_eq!(buffered.stdout_base64.as_deref(), Some("/wAB"));
+    assert_eq!(buffered.stdout_bytes().unwrap(), vec![0xff, 0x00, 0x01]);
+    assert_eq!(buffered.stderr_base64, None);
     assert_eq!(buffered.exit_code, 0);
+
+    // Valid UTF-8 output has no base64 copy.
+    let text = server.exec(&sandbox.id, "printf 'naïve ✓'").await;
+    assert_eq!(text.stdout, "naïve ✓");
+    assert_eq!(text.stdout_base64, None);
 }
 
 #[tokio::test]

@@ -172,6 +172,12 @@ pub struct ExecResult {
     pub stdout: String,
     /// Standard error, decoded like `stdout`.
     pub stderr: String,
+    /// The exact stdout bytes, base64-encoded, present only when stdout is not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_base64: Option<String>,
+    /// The exact stderr bytes, base64-encoded, present only when stderr is not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_base64: Option<String>,
     /// True when the command was killed because its timeout elapsed.
     #[serde(default)]
     pub timed_out: bool,
@@ -225,6 +231,42 @@ pub enum ExecEvent {
         #[serde(default)]
         duration_ms: u64,
     },
+}
+
+/// Decodes `bytes` as the `stdout`/`stderr` string of an [`ExecResult`], with the base64 copy
+/// of the exact bytes when they are not valid UTF-8.
+pub fn output_text(bytes: Vec<u8>) -> (String, Option<String>) {
+    match String::from_utf8(bytes) {
+        Ok(text) => (text, None),
+        Err(err) => {
+            use base64::Engine;
+            let exact = base64::engine::general_purpose::STANDARD.encode(err.as_bytes());
+            (
+                String::from_utf8_lossy(err.as_bytes()).into_owned(),
+                Some(exact),
+            )
+        }
+    }
+}
+
+impl ExecResult {
+    /// Exact stdout bytes, from `stdoutBase64` when present, else from `stdout`.
+    pub fn stdout_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        exact_bytes(&self.stdout, self.stdout_base64.as_deref())
+    }
+
+    /// Exact stderr bytes, from `stderrBase64` when present, else from `stderr`.
+    pub fn stderr_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        exact_bytes(&self.stderr, self.stderr_base64.as_deref())
+    }
+}
+
+fn exact_bytes(text: &str, base64_copy: Option<&str>) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine;
+    match base64_copy {
+        Some(encoded) => base64::engine::general_purpose::STANDARD.decode(encoded),
+        None => Ok(text.as_bytes().to_vec()),
+    }
 }
 
 impl ExecEvent {

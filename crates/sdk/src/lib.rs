@@ -1,10 +1,14 @@
 //! Rust client for the gitvm REST API, used by the `gitvm` CLI.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), gitvm_sdk::Error> {
+//! The examples run as tests against the server in `GITVM_SERVER`; `scripts/test.sh` starts
+//! one for them.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), gitvm_sdk::Error> {
 //! use gitvm_sdk::{Client, CreateSandboxRequest, ExecRequest};
 //!
-//! let client = Client::new("http://127.0.0.1:8080", None)?;
+//! let client = Client::from_env()?;
 //! let sandbox = client.create_sandbox(&CreateSandboxRequest::default()).await?;
 //! let result = client
 //!     .exec(&sandbox.id, &ExecRequest { command: "echo hi".into(), ..Default::default() })
@@ -29,6 +33,9 @@ mod process;
 
 pub use machine::{Machine, SandboxBuilder, SandboxHandle};
 pub use process::ProcessHandle;
+
+/// Server URL used when `GITVM_SERVER` is not set.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 
 /// Failure of an SDK call.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +154,19 @@ impl Client {
             base,
             api_key,
         })
+    }
+
+    /// Creates a client for the server in `GITVM_SERVER` (default `http://127.0.0.1:8080`),
+    /// sending the key in `GITVM_API_KEY` when it is set and not empty.
+    pub fn from_env() -> Result<Self, Error> {
+        let server = std::env::var("GITVM_SERVER")
+            .ok()
+            .filter(|url| !url.is_empty())
+            .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+        let api_key = std::env::var("GITVM_API_KEY")
+            .ok()
+            .filter(|key| !key.is_empty());
+        Self::new(&server, api_key)
     }
 
     /// Base URL of the server, without a trailing slash.

@@ -47,15 +47,17 @@ pub trait Machine: Send + Sync {
 
 /// Builder of a new sandbox, from [`Client::new_sandbox`].
 ///
-/// ```no_run
-/// # async fn demo(client: gitvm_sdk::Client) -> Result<(), gitvm_sdk::Error> {
-/// use gitvm_sdk::Machine;
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), gitvm_sdk::Error> {
+/// use gitvm_sdk::{Client, Machine};
 ///
+/// let client = Client::from_env()?;
 /// let sandbox = client
 ///     .new_sandbox()
 ///     .template("base")
-///     .vcpus(2)
-///     .memory_mb(1024)
+///     .vcpus(1)
+///     .memory_mb(512)
 ///     .timeout(600)
 ///     .env("CI", "1")
 ///     .create()

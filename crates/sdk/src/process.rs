@@ -114,6 +114,27 @@ fn process_path(id: &str, selector: &str, suffix: &str) -> String {
 
 impl SandboxHandle {
     /// Starts a command in the background and returns a handle to it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), gitvm_sdk::Error> {
+    /// use gitvm_sdk::{Client, ProcessState, StartProcessRequest};
+    ///
+    /// let sandbox = Client::from_env()?.new_sandbox().timeout(600).create().await?;
+    /// let request = StartProcessRequest {
+    ///     command: "python3 -m http.server 8000".into(),
+    ///     tag: Some("web".into()),
+    ///     ..Default::default()
+    /// };
+    /// let server = sandbox.start_process(&request).await?;
+    /// assert_eq!(sandbox.process("web").info().await?.state, ProcessState::Running);
+    /// server.signal("TERM").await?;
+    /// let exited = server.wait(Some(10.0)).await?;
+    /// assert_eq!(exited.signal.as_deref(), Some("SIGTERM"));
+    /// sandbox.delete().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn start_process(
         &self,
         request: &StartProcessRequest,

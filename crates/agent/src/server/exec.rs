@@ -149,11 +149,15 @@ pub(super) async fn exec(request: ExecRequest) -> Result<ExecResult, ApiError> {
             } => append(&mut stderr, &mut truncated, &bytes),
             Output::Exit(finished) => {
                 let finished = finished?;
+                let (stdout, stdout_base64) = gitvm_proto::output_text(stdout);
+                let (stderr, stderr_base64) = gitvm_proto::output_text(stderr);
                 return Ok(ExecResult {
                     exit_code: finished.exit_code,
                     truncated,
-                    stdout: String::from_utf8_lossy(&stdout).into_owned(),
-                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                    stdout,
+                    stderr,
+                    stdout_base64,
+                    stderr_base64,
                     timed_out: finished.timed_out,
                     signal: finished.signal,
                     duration_ms: finished.duration_ms,

@@ -2,7 +2,7 @@
 //! body and its output streamed back as NDJSON [`gitvm_proto::ExecEvent`]s.
 //!
 //! 1. `POST /pty?cols=C&rows=R` opens a PTY of that size (default 80x24). An optional header
-//!    `x-gitvm-pty` contains a JSON object `{"command": "...", "cwd": "/..."}`. Without a command
+//!    `x-gitvm-pty` contains a JSON object `{"command": "...", "cwd": "/...", "env": {...}}`. Without a command
 //!    the agent runs `/bin/bash -l`, or `/bin/sh` when bash is missing. A command runs as
 //!    `/bin/sh -c COMMAND`. Every command runs as root with `TERM=xterm-256color`.
 //! 2. The command becomes a session leader with the PTY as its controlling terminal and as its
@@ -86,6 +86,9 @@ struct PtyOptions {
     command: Option<String>,
     /// Absolute working directory; absent means root's home, else `/`.
     cwd: Option<String>,
+    /// Environment variables over the defaults, such as the sandbox's `envVars`.
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
 }
 
 /// Opens a terminal session for `request` and returns its event stream.
@@ -108,6 +111,7 @@ pub(super) async fn open(request: Request<Incoming>) -> Result<Response<Response
     })?;
 
     let mut command = build_command(options.command.as_deref(), &cwd, &pty.slave)?;
+    command.envs(&options.env);
     let started = Instant::now();
     let (child, exit) = reaper::spawn_tracked(&mut command).map_err(|error| {
         ApiError::internal(

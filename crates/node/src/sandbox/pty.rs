@@ -28,7 +28,10 @@ impl Node {
         transition::check(&sandbox, Operation::Exec)?;
 
         let client = self.agent_or_unreachable(&sandbox).await?;
-        match client.pty(cols, rows, command, input).await {
+        match client
+            .pty(cols, rows, command, &sandbox.env_vars, input)
+            .await
+        {
             Ok(body) => {
                 tracing::info!(sandbox_id = %id, runtime = %sandbox.runtime, cols, rows, "pty opened");
                 Ok(body)
