@@ -1,7 +1,7 @@
 //! `gitvm vm shell ID`: an interactive terminal in a sandbox, over the node's WebSocket route
 //! `GET /sandboxes/{id}/pty`.
 //!
-//! 1. Connect, with `X-API-Key` when a key is set, and the local window size in the query.
+//! 1. Connect with [`gitvm_sdk::Client::open_pty`], passing the local window size.
 //! 2. When stdin is a terminal, switch it to raw mode, so every key (^C, arrows, tab) goes to
 //!    the sandbox's terminal, which does its own echo and line editing. A guard restores the
 //!    saved mode on every way out, including errors and panics.
@@ -14,14 +14,10 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
-use gitvm_sdk::ErrorBody;
+use gitvm_sdk::{PtyEvent, PtyOptions, PtyReader, PtyWriter};
 use nix::sys::termios::{self, SetArg, Termios};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::args::{Connection, VmShell};
 
@@ -54,40 +50,33 @@ pub async fn run(connection: &Connection, args: VmShell) -> ExitCode {
 }
 
 async fn run_inner(connection: &Connection, args: &VmShell) -> Result<ExitCode> {
+    let client = crate::vm::client(connection)?;
     let (cols, rows) = window_size();
-    let url = pty_url(
-        &connection.server,
-        &args.id,
+    let options = PtyOptions {
         cols,
         rows,
-        args.command.as_deref(),
-    )?;
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .with_context(|| format!("invalid terminal URL {url}"))?;
-    if let Some(key) = &connection.api_key {
-        let value = HeaderValue::from_str(key)
-            .context("the API key contains characters that cannot be sent in a header")?;
-        request.headers_mut().insert("x-api-key", value);
-    }
-
-    let (socket, _) = match tokio_tungstenite::connect_async(request).await {
-        Ok(connected) => connected,
-        Err(tungstenite::Error::Http(response)) => {
-            let status = response.status();
-            let message = response
-                .body()
-                .as_deref()
-                .and_then(|body| serde_json::from_slice::<ErrorBody>(body).ok())
-                .map_or_else(|| format!("status {status}"), |body| body.message);
-            bail!("cannot open a terminal in sandbox {}: {message}", args.id);
+        command: args.command.clone(),
+    };
+    let session = match client.open_pty(&args.id, &options).await {
+        Ok(session) => session,
+        Err(gitvm_sdk::Error::Api { body, .. }) => {
+            bail!(
+                "cannot open a terminal in sandbox {}: {}",
+                args.id,
+                body.message
+            );
+        }
+        Err(error @ gitvm_sdk::Error::WebSocket { .. }) => {
+            let server = &connection.server;
+            let context = format!(
+                "cannot connect to {server}; is the server running? Point GITVM_SERVER (or --server) at it"
+            );
+            return Err(anyhow!(error).context(context));
         }
         Err(error) => {
-            return Err(anyhow!(error).context(format!(
-            "cannot connect to {}; is the server running? Point GITVM_SERVER (or --server) at it",
-            connection.server
-        )))
+            return Err(
+                anyhow!(error).context(format!("cannot open a terminal in sandbox {}", args.id))
+            )
         }
     };
 
@@ -98,109 +87,60 @@ async fn run_inner(connection: &Connection, args: &VmShell) -> Result<ExitCode> 
         None
     };
     let input = spawn_stdin_reader(!interactive);
-    bridge(socket, input).await
+    let (writer, reader) = session.split();
+    bridge(writer, reader, input).await
 }
 
-/// Builds `ws://HOST/sandboxes/ID/pty?cols=C&rows=R[&command=…]` from the server's http URL.
-fn pty_url(server: &str, id: &str, cols: u16, rows: u16, command: Option<&str>) -> Result<String> {
-    let server = server.trim_end_matches('/');
-    let base = if let Some(rest) = server.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else if let Some(rest) = server.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else {
-        bail!("server URL `{server}` must start with http:// or https://");
-    };
-    let mut url = format!(
-        "{base}/sandboxes/{}/pty?cols={cols}&rows={rows}",
-        encode(id)
-    );
-    if let Some(command) = command {
-        url.push_str("&command=");
-        url.push_str(&encode(command));
-    }
-    Ok(url)
-}
-
-/// Percent-encodes every byte but RFC 3986 unreserved characters.
-fn encode(value: &str) -> String {
-    let mut encoded = String::with_capacity(value.len());
-    for &byte in value.as_bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
-}
-
-/// Copies stdin to the socket and the socket to stdout until the server's `exit` message.
-async fn bridge<S>(
-    socket: tokio_tungstenite::WebSocketStream<S>,
+/// Copies stdin to the terminal and the terminal's output to stdout until the command exits.
+async fn bridge(
+    mut writer: PtyWriter,
+    mut reader: PtyReader,
     mut input: mpsc::UnboundedReceiver<Vec<u8>>,
-) -> Result<ExitCode>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (mut sink, mut stream) = socket.split();
+) -> Result<ExitCode> {
     let mut window_changes = signal(SignalKind::window_change())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hang_up = signal(SignalKind::hangup())?;
-    sink.send(resize_message()).await?;
+    let (cols, rows) = window_size();
+    writer.resize(cols, rows).await?;
 
     let mut input_open = true;
     let mut stdout = std::io::stdout();
     loop {
         tokio::select! {
             chunk = input.recv(), if input_open => match chunk {
-                Some(bytes) => sink.send(Message::Binary(bytes.into())).await?,
+                Some(bytes) => writer.send_input(&bytes).await?,
                 // The socket stays open, because output and the exit status are still to come.
                 None => input_open = false,
             },
-            _ = window_changes.recv() => sink.send(resize_message()).await?,
+            _ = window_changes.recv() => {
+                let (cols, rows) = window_size();
+                writer.resize(cols, rows).await?;
+            }
             _ = terminate.recv() => return Ok(ExitCode::from(128 + libc::SIGTERM as u8)),
             _ = hang_up.recv() => return Ok(ExitCode::from(128 + libc::SIGHUP as u8)),
-            message = stream.next() => match message {
-                Some(Ok(Message::Binary(bytes))) => {
+            event = reader.next_event() => match event.context("the terminal connection failed")? {
+                PtyEvent::Output(bytes) => {
                     stdout.write_all(&bytes)?;
                     stdout.flush()?;
                 }
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(code) = exit_code(text.as_str())? {
-                        let _ = sink.send(Message::Close(None)).await;
-                        return Ok(ExitCode::from(code));
-                    }
+                PtyEvent::Exit { exit_code, .. } => {
+                    let _ = writer.close().await;
+                    return Ok(ExitCode::from(exit_status(exit_code)));
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    let reason = frame.map(|frame| frame.reason.to_string()).unwrap_or_default();
+                PtyEvent::Closed { reason: Some(reason) } => {
                     bail!("the server closed the terminal before the shell exited: {reason}");
                 }
-                Some(Ok(_)) => {}
-                Some(Err(error)) => return Err(anyhow!(error).context("the terminal connection failed")),
-                None => bail!("the terminal connection closed before the shell exited"),
+                PtyEvent::Closed { reason: None } => {
+                    bail!("the terminal connection closed before the shell exited");
+                }
             },
         }
     }
 }
 
-/// Returns the exit code of an `exit` message, clamped to 0..=255, or `None` for other types.
-fn exit_code(text: &str) -> Result<Option<u8>> {
-    let message: serde_json::Value = serde_json::from_str(text)
-        .with_context(|| format!("invalid message from the server: {text}"))?;
-    if message["type"] != "exit" {
-        return Ok(None);
-    }
-    let code = message["exitCode"]
-        .as_i64()
-        .with_context(|| format!("exit message without an exitCode: {text}"))?;
-    Ok(Some(code.clamp(0, 255) as u8))
-}
-
-fn resize_message() -> Message {
-    let (cols, rows) = window_size();
-    let resize = serde_json::json!({ "type": "resize", "cols": cols, "rows": rows });
-    Message::Text(resize.to_string().into())
+/// Clamps a sandbox exit code to the 0..=255 a process can exit with.
+fn exit_status(exit_code: i32) -> u8 {
+    exit_code.clamp(0, 255) as u8
 }
 
 /// Returns the local terminal's (columns, rows), from stdout or else stdin.
@@ -291,29 +231,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pty_url_from_server_url() {
-        assert_eq!(
-            pty_url("http://127.0.0.1:8080/", "sb-1", 120, 40, None).unwrap(),
-            "ws://127.0.0.1:8080/sandboxes/sb-1/pty?cols=120&rows=40"
-        );
-        assert_eq!(
-            pty_url("https://example.test", "a", 80, 24, Some("top -b")).unwrap(),
-            "wss://example.test/sandboxes/a/pty?cols=80&rows=24&command=top%20-b"
-        );
-        assert!(pty_url("ftp://x", "a", 80, 24, None).is_err());
-    }
-
-    #[test]
-    fn exit_code_of_messages() {
-        assert_eq!(
-            exit_code(r#"{"type":"exit","exitCode":3,"signal":null}"#).unwrap(),
-            Some(3)
-        );
-        assert_eq!(
-            exit_code(r#"{"type":"exit","exitCode":300}"#).unwrap(),
-            Some(255)
-        );
-        assert_eq!(exit_code(r#"{"type":"other"}"#).unwrap(), None);
-        assert!(exit_code("not json").is_err());
+    fn exit_status_clamps_to_byte() {
+        assert_eq!(exit_status(3), 3);
+        assert_eq!(exit_status(255), 255);
+        assert_eq!(exit_status(300), 255);
+        assert_eq!(exit_status(-1), 0);
     }
 }

@@ -30,9 +30,11 @@ use serde::de::DeserializeOwned;
 mod machine;
 mod ndjson;
 mod process;
+mod pty;
 
 pub use machine::{Machine, SandboxBuilder, SandboxHandle};
 pub use process::ProcessHandle;
+pub use pty::{PtyEvent, PtyOptions, PtyReader, PtySession, PtyWriter};
 
 /// Server URL used when `GITVM_SERVER` is not set.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -65,6 +67,15 @@ pub enum Error {
         url: String,
         /// What could not be decoded.
         message: String,
+    },
+
+    /// The WebSocket connection failed to open or broke.
+    #[error("WebSocket connection to {url} failed: {source}")]
+    WebSocket {
+        /// WebSocket URL requested.
+        url: String,
+        /// The WebSocket error, boxed because it can hold a whole HTTP response.
+        source: Box<tokio_tungstenite::tungstenite::Error>,
     },
 
     /// The server URL is not usable.
@@ -172,6 +183,11 @@ impl Client {
     /// Base URL of the server, without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// API key sent in `X-API-Key`, if any.
+    pub(crate) fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 
     /// Fetches `/health`.
