@@ -384,7 +384,7 @@ fn parse_timeout(seconds: Option<f64>) -> Result<Option<Duration>, ApiError> {
 }
 
 /// Checks the requested directory, or picks the user's home (else `/`) when none was given.
-fn working_directory(cwd: Option<&str>, account: &Account) -> Result<PathBuf, ApiError> {
+pub(super) fn working_directory(cwd: Option<&str>, account: &Account) -> Result<PathBuf, ApiError> {
     let Some(cwd) = cwd else {
         let home = Path::new(&account.home);
         return Ok(if home.is_dir() {

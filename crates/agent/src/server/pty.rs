@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -95,7 +95,10 @@ struct PtyOptions {
 pub(super) async fn open(request: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
     let (cols, rows) = window_size(request.uri().query())?;
     let options = options(&request)?;
-    let cwd = working_directory(options.cwd.as_deref())?;
+    // `root` resolves even without a passwd entry, with home `/root`.
+    let root = users::resolve("root")
+        .map_err(|error| ApiError::internal("pty_failed", error.to_string()))?;
+    let cwd = super::exec::working_directory(options.cwd.as_deref(), &root)?;
 
     let size = Winsize {
         ws_row: rows,
@@ -227,40 +230,6 @@ fn options(request: &Request<Incoming>) -> Result<PtyOptions, ApiError> {
         }
     }
     Ok(options)
-}
-
-/// Checks the requested directory, or picks root's home (else `/`) when none was given.
-fn working_directory(cwd: Option<&str>) -> Result<PathBuf, ApiError> {
-    let Some(cwd) = cwd else {
-        let home = users::resolve("root")
-            .map(|account| PathBuf::from(account.home))
-            .unwrap_or_else(|_| PathBuf::from("/"));
-        return Ok(if home.is_dir() {
-            home
-        } else {
-            PathBuf::from("/")
-        });
-    };
-    if !cwd.starts_with('/') {
-        return Err(ApiError::bad_request(
-            "invalid_path",
-            format!(
-                "working directory `{cwd}` is not absolute; use an absolute path such as `/tmp`"
-            ),
-        ));
-    }
-    match std::fs::metadata(cwd) {
-        Ok(metadata) if metadata.is_dir() => Ok(PathBuf::from(cwd)),
-        Ok(_) => Err(ApiError::bad_request(
-            "not_a_directory",
-            format!("working directory `{cwd}` is not a directory"),
-        )),
-        Err(error) => Err(ApiError::from_io(
-            "working directory",
-            Path::new(cwd),
-            &error,
-        )),
-    }
 }
 
 fn build_command(command: Option<&str>, cwd: &Path, slave: &OwnedFd) -> Result<Command, ApiError> {
