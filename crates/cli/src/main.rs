@@ -69,10 +69,15 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Template(command) => template::run(command).await,
         Command::Vm(command) => vm::run(&cli.connection, command).await,
         Command::Snapshot(command) => snapshot::run(&cli.connection, command).await,
-        Command::Proc(command) => match vm::client(&cli.connection) {
-            Ok(client) => process::run(&client, command).await,
-            Err(error) => Err(error),
-        },
+        // Like `vm exec`, the process commands can exit with a process's exit code, so
+        // gitvm's own failures take 125.
+        Command::Proc(command) => {
+            let result = match vm::client(&cli.connection) {
+                Ok(client) => process::run(&client, command).await,
+                Err(error) => Err(error),
+            };
+            return result.unwrap_or_else(|error| command_failed(&error));
+        }
     };
     match result {
         Ok(code) => code,
@@ -84,6 +89,19 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exit code of commands that pass on a sandbox command's exit code (`vm exec`, `vm shell`,
+/// `proc`) when gitvm itself fails, as `docker run` does.
+pub const EXIT_GITVM_FAILED: u8 = 125;
+
+/// Prints a failure of gitvm itself with its hint and returns [`EXIT_GITVM_FAILED`].
+pub fn command_failed(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    if let Some(hint) = hint(error) {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::from(EXIT_GITVM_FAILED)
 }
 
 /// Suggests the next step for errors whose fix is outside gitvm.

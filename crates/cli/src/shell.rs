@@ -21,9 +21,6 @@ use tokio::sync::mpsc;
 
 use crate::args::{Connection, VmShell};
 
-/// Exit code when gitvm itself fails, as for `gitvm vm exec`.
-const EXIT_GITVM_FAILED: u8 = 125;
-
 /// Window size sent when neither stdout nor stdin is a terminal.
 const DEFAULT_SIZE: (u16, u16) = (80, 24);
 
@@ -43,8 +40,7 @@ pub async fn run(connection: &Connection, args: VmShell) -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // The raw-mode guard is gone by now, so the message prints on a sane terminal.
-            eprintln!("error: {error:#}");
-            ExitCode::from(EXIT_GITVM_FAILED)
+            crate::command_failed(&error)
         }
     }
 }

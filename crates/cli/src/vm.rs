@@ -11,9 +11,6 @@ use gitvm_sdk::{
 use crate::args::{Connection, VmCommand, VmExec};
 use crate::output::{parse_pairs, print_json, print_sandbox, print_sandboxes};
 
-/// Exit code of `gitvm vm exec` when gitvm itself fails, as `docker run` does.
-const EXIT_GITVM_FAILED: u8 = 125;
-
 /// Opens a client for the configured server.
 pub fn client(connection: &Connection) -> Result<Client> {
     Ok(Client::new(&connection.server, connection.api_key.clone())?)
@@ -105,13 +102,7 @@ async fn lifecycle(client: &Client, id: &str, action: &str, json: bool) -> Resul
 async fn exec(client: &Client, args: VmExec) -> ExitCode {
     match exec_inner(client, args).await {
         Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            if let Some(hint) = crate::hint(&error) {
-                eprintln!("hint: {hint}");
-            }
-            ExitCode::from(EXIT_GITVM_FAILED)
-        }
+        Err(error) => crate::command_failed(&error),
     }
 }
 

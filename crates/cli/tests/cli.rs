@@ -261,6 +261,14 @@ async fn proc_commands_start_follow_signal() {
     assert!(sleeper.status.success(), "{}", stderr(&sleeper));
     let signal = server.cli(&["proc", "signal", &id, "sleeper", "TERM"]);
     assert!(signal.status.success(), "{}", stderr(&signal));
+    let unknown = server.cli(&["proc", "signal", &id, "no-such-tag", "TERM"]);
+    assert_eq!(unknown.status.code(), Some(125), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("no-such-tag"),
+        "{}",
+        stderr(&unknown)
+    );
+
     let waited = server.cli(&["proc", "wait", &id, "sleeper", "--timeout", "10"]);
     assert_eq!(waited.status.code(), Some(143));
     let info: serde_json::Value = serde_json::from_slice(&waited.stdout).unwrap();
