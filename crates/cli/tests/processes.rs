@@ -5,60 +5,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{EventReader, Server};
 use gitvm_proto::{ExecEvent, ProcessInfo, ProcessList, ProcessState};
 
-/// Reads NDJSON events from an output response as its chunks arrive.
-struct EventReader {
-    response: reqwest::Response,
-    buffer: Vec<u8>,
-}
-
-impl EventReader {
-    async fn follow(server: &Server, id: &str, selector: &str) -> EventReader {
-        let response = reqwest::get(format!(
-            "{}/sandboxes/{id}/processes/{selector}/output",
-            server.url
-        ))
-        .await
-        .expect("send output request");
-        assert_eq!(response.status().as_u16(), 200);
-        assert_eq!(
-            response.headers()["content-type"].to_str().unwrap(),
-            "application/x-ndjson"
-        );
-        EventReader {
-            response,
-            buffer: Vec::new(),
-        }
-    }
-
-    /// Returns the next event, or `None` at the end of the body.
-    async fn next(&mut self) -> Option<ExecEvent> {
-        loop {
-            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                return Some(serde_json::from_slice(&line).unwrap());
-            }
-            match self.response.chunk().await.expect("read stream") {
-                Some(chunk) => self.buffer.extend_from_slice(&chunk),
-                None => {
-                    assert!(self.buffer.is_empty(), "unterminated line at end of body");
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Returns the bytes of the next event, which must be a stdout chunk.
-    async fn next_stdout(&mut self) -> String {
-        match self.next().await {
-            Some(event @ ExecEvent::Stdout { .. }) => {
-                String::from_utf8(event.bytes().unwrap().unwrap()).unwrap()
-            }
-            other => panic!("expected a stdout chunk, got {other:?}"),
-        }
-    }
+/// Follows a process's output.
+async fn follow(server: &Server, id: &str, selector: &str) -> EventReader {
+    let response = reqwest::get(format!(
+        "{}/sandboxes/{id}/processes/{selector}/output",
+        server.url
+    ))
+    .await
+    .expect("send output request");
+    EventReader::new(response)
 }
 
 fn processes_url(server: &Server, id: &str) -> String {
@@ -156,12 +114,12 @@ async fn output_reconnect_replays_earlier_lines() {
     )
     .await;
 
-    let mut first = EventReader::follow(&server, id, "counter").await;
+    let mut first = follow(&server, id, "counter").await;
     assert!(matches!(first.next().await, Some(ExecEvent::Start { .. })));
     assert_eq!(first.next_stdout().await, "line1\n");
     drop(first);
 
-    let mut second = EventReader::follow(&server, id, "counter").await;
+    let mut second = follow(&server, id, "counter").await;
     assert!(matches!(second.next().await, Some(ExecEvent::Start { .. })));
     assert_eq!(second.next_stdout().await, "line1\n");
     assert_eq!(second.next_stdout().await, "line2\n");

@@ -5,41 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{EventReader, Server};
 use gitvm_proto::{ExecEvent, ExecRequest};
-
-/// Reads NDJSON events from a streamed exec response as its chunks arrive.
-struct EventReader {
-    response: reqwest::Response,
-    buffer: Vec<u8>,
-}
-
-impl EventReader {
-    /// Returns the next event, or `None` at the end of the body.
-    async fn next(&mut self) -> Option<ExecEvent> {
-        loop {
-            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                return Some(serde_json::from_slice(&line).unwrap());
-            }
-            match self.response.chunk().await.expect("read stream") {
-                Some(chunk) => self.buffer.extend_from_slice(&chunk),
-                None => {
-                    assert!(self.buffer.is_empty(), "unterminated line at end of body");
-                    return None;
-                }
-            }
-        }
-    }
-
-    async fn rest(&mut self) -> Vec<ExecEvent> {
-        let mut events = Vec::new();
-        while let Some(event) = self.next().await {
-            events.push(event);
-        }
-        events
-    }
-}
 
 async fn post_stream(server: &Server, id: &str, body: &serde_json::Value) -> reqwest::Response {
     reqwest::Client::new()
@@ -53,15 +20,7 @@ async fn post_stream(server: &Server, id: &str, body: &serde_json::Value) -> req
 /// Opens a stream and checks its status and content type.
 async fn open(server: &Server, id: &str, command: &str) -> EventReader {
     let response = post_stream(server, id, &serde_json::json!({ "command": command })).await;
-    assert_eq!(response.status().as_u16(), 200);
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "application/x-ndjson"
-    );
-    EventReader {
-        response,
-        buffer: Vec::new(),
-    }
+    EventReader::new(response)
 }
 
 fn stdout_bytes(events: &[ExecEvent]) -> Vec<u8> {

@@ -248,3 +248,61 @@ pub fn api_error(result: Result<impl std::fmt::Debug, gitvm_sdk::Error>) -> (u16
         other => panic!("expected an API error, got {other:?}"),
     }
 }
+
+/// Reads the NDJSON events of a streamed response (`exec/stream`, process output) as its
+/// chunks arrive.
+pub struct EventReader {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl EventReader {
+    /// Checks that `response` is a 200 NDJSON stream and reads it.
+    pub fn new(response: reqwest::Response) -> EventReader {
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "application/x-ndjson"
+        );
+        EventReader {
+            response,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Returns the next event, or `None` at the end of the body.
+    pub async fn next(&mut self) -> Option<gitvm_sdk::ExecEvent> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            match self.response.chunk().await.expect("read stream") {
+                Some(chunk) => self.buffer.extend_from_slice(&chunk),
+                None => {
+                    assert!(self.buffer.is_empty(), "unterminated line at end of body");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Reads every remaining event.
+    pub async fn rest(&mut self) -> Vec<gitvm_sdk::ExecEvent> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
+        events
+    }
+
+    /// Returns the text of the next event, which must be a stdout chunk.
+    pub async fn next_stdout(&mut self) -> String {
+        match self.next().await {
+            Some(event @ gitvm_sdk::ExecEvent::Stdout { .. }) => {
+                String::from_utf8(event.bytes().unwrap().unwrap()).unwrap()
+            }
+            other => panic!("expected a stdout chunk, got {other:?}"),
+        }
+    }
+}
