@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job end to end: set up the machine, build the base template, start a gitvm server,
-# create a sandbox, upload a small Python project through the files API, run its unit tests in
-# the sandbox, print their output, and clean up.
+# Runs the main job end to end. It sets up the machine, builds the base template and starts a
+# gitvm server. Then it creates a sandbox, uploads a small Python project through the files API,
+# runs the project's unit tests in the sandbox and prints their output. Last, it cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -58,16 +58,16 @@ pub enum AgentError {
     #[error("agent protocol error: {0}")]
     Http(#[from] hyper::Error),
 
-    /// The agent answered with an error.
+    /// The agent returned an error response.
     #[error("{body}")]
     Remote {
-        /// HTTP status of the agent's answer.
+        /// HTTP status of the agent's response.
         status: u16,
         /// The agent's error body.
         body: ErrorBody,
     },
 
-    /// The agent's answer could not be decoded.
+    /// The agent's response could not be decoded.
     #[error("invalid answer from agent: {0}")]
     Decode(String),
 }

@@ -7,11 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{is_running, processes_in_group, TestAgent};
+use common::{is_running, processes_in_group, EventReader, TestAgent};
 use gitvm_agent::client::{AgentError, RequestBody};
 use gitvm_proto::{ExecEvent, ProcessState, SignalRequest, StartProcessRequest};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 
 fn background(line: &str, tag: Option<&str>) -> StartProcessRequest {
     StartProcessRequest {
@@ -27,48 +26,9 @@ fn body(bytes: &'static [u8]) -> RequestBody {
         .boxed()
 }
 
-/// Splits an NDJSON body into events as its frames arrive.
-struct EventReader {
-    body: Incoming,
-    buffer: Vec<u8>,
-}
-
-impl EventReader {
-    async fn follow(agent: &TestAgent, selector: &str) -> EventReader {
-        EventReader {
-            body: agent.client.process_output(selector).await.unwrap(),
-            buffer: Vec::new(),
-        }
-    }
-
-    /// Returns the next event, or `None` at the end of the body.
-    async fn next(&mut self) -> Option<ExecEvent> {
-        loop {
-            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                return Some(serde_json::from_slice(&line).unwrap());
-            }
-            match self.body.frame().await {
-                Some(frame) => {
-                    if let Ok(data) = frame.unwrap().into_data() {
-                        self.buffer.extend_from_slice(&data);
-                    }
-                }
-                None => {
-                    assert!(self.buffer.is_empty(), "unterminated line at end of body");
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Returns the bytes of the next event, which must be a stdout chunk.
-    async fn next_stdout(&mut self) -> Vec<u8> {
-        match self.next().await {
-            Some(event @ ExecEvent::Stdout { .. }) => event.bytes().unwrap().unwrap(),
-            other => panic!("expected a stdout chunk, got {other:?}"),
-        }
-    }
+/// Follows a background process's output.
+async fn follow(agent: &TestAgent, selector: &str) -> EventReader {
+    EventReader::new(agent.client.process_output(selector).await.unwrap())
 }
 
 fn remote_code(error: AgentError) -> (u16, String, String) {
@@ -126,7 +86,7 @@ async fn output_follow_gets_lines_as_written() {
         .await
         .unwrap();
     let started = Instant::now();
-    let mut reader = EventReader::follow(&agent, "follow-counter").await;
+    let mut reader = follow(&agent, "follow-counter").await;
 
     assert_eq!(
         reader.next().await,
@@ -163,7 +123,7 @@ async fn output_reconnect_replays_then_follows() {
         .await
         .unwrap();
 
-    let mut first = EventReader::follow(&agent, "reconnect-counter").await;
+    let mut first = follow(&agent, "reconnect-counter").await;
     assert!(matches!(first.next().await, Some(ExecEvent::Start { .. })));
     assert_eq!(first.next_stdout().await, b"line1\n");
     drop(first);
@@ -172,7 +132,7 @@ async fn output_reconnect_replays_then_follows() {
     let info = agent.client.process("reconnect-counter").await.unwrap();
     assert_eq!(info.state, ProcessState::Running);
 
-    let mut second = EventReader::follow(&agent, "reconnect-counter").await;
+    let mut second = follow(&agent, "reconnect-counter").await;
     assert!(matches!(second.next().await, Some(ExecEvent::Start { .. })));
     assert_eq!(second.next_stdout().await, b"line1\n");
     assert_eq!(second.next_stdout().await, b"line2\n");
@@ -183,7 +143,7 @@ async fn output_reconnect_replays_then_follows() {
         Some(ExecEvent::Exit { exit_code: 0, .. })
     ));
 
-    let mut after_exit = EventReader::follow(&agent, "reconnect-counter").await;
+    let mut after_exit = follow(&agent, "reconnect-counter").await;
     assert!(matches!(
         after_exit.next().await,
         Some(ExecEvent::Start { .. })
@@ -206,7 +166,7 @@ async fn stdin_cat_echoes_and_exits_on_close() {
         .start_process(&background("cat", Some("stdin-cat")))
         .await
         .unwrap();
-    let mut reader = EventReader::follow(&agent, "stdin-cat").await;
+    let mut reader = follow(&agent, "stdin-cat").await;
     assert!(matches!(reader.next().await, Some(ExecEvent::Start { .. })));
 
     agent

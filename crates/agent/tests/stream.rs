@@ -4,11 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{processes_in_group, TestAgent};
+use common::{processes_in_group, EventReader, TestAgent};
 use gitvm_agent::client::AgentError;
 use gitvm_proto::{ExecEvent, ExecRequest, EXIT_CODE_TIMED_OUT};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 fn command(line: &str) -> ExecRequest {
     ExecRequest {
@@ -17,50 +15,9 @@ fn command(line: &str) -> ExecRequest {
     }
 }
 
-/// Splits an NDJSON body into events as its frames arrive.
-struct EventReader {
-    body: Incoming,
-    buffer: Vec<u8>,
-}
-
-impl EventReader {
-    async fn open(agent: &TestAgent, request: ExecRequest) -> EventReader {
-        let body = agent.client.exec_stream(&request).await.unwrap();
-        EventReader {
-            body,
-            buffer: Vec::new(),
-        }
-    }
-
-    /// Returns the next event, or `None` at the end of the body.
-    async fn next(&mut self) -> Option<ExecEvent> {
-        loop {
-            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                return Some(serde_json::from_slice(&line).unwrap());
-            }
-            match self.body.frame().await {
-                Some(frame) => {
-                    if let Ok(data) = frame.unwrap().into_data() {
-                        self.buffer.extend_from_slice(&data);
-                    }
-                }
-                None => {
-                    assert!(self.buffer.is_empty(), "unterminated line at end of body");
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Reads every remaining event.
-    async fn rest(&mut self) -> Vec<ExecEvent> {
-        let mut events = Vec::new();
-        while let Some(event) = self.next().await {
-            events.push(event);
-        }
-        events
-    }
+/// Starts a streamed exec and reads its events.
+async fn open(agent: &TestAgent, request: ExecRequest) -> EventReader {
+    EventReader::new(agent.client.exec_stream(&request).await.unwrap())
 }
 
 /// Concatenates the bytes of the stdout (or stderr) chunks in `events`.
@@ -90,8 +47,7 @@ fn exit_code(event: &ExecEvent) -> i32 {
 async fn stream_delivers_lines_as_written() {
     let agent = TestAgent::start().await;
     let started = Instant::now();
-    let mut reader =
-        EventReader::open(&agent, command("for i in 1 2 3; do echo $i; sleep 1; done")).await;
+    let mut reader = open(&agent, command("for i in 1 2 3; do echo $i; sleep 1; done")).await;
 
     let ExecEvent::Start { pid } = reader.next().await.unwrap() else {
         panic!("the first event should be start");
@@ -129,7 +85,7 @@ async fn stream_delivers_lines_as_written() {
 #[tokio::test]
 async fn stream_binary_output_is_exact() {
     let agent = TestAgent::start().await;
-    let mut reader = EventReader::open(&agent, command(r"printf '\377\000\001'")).await;
+    let mut reader = open(&agent, command(r"printf '\377\000\001'")).await;
     let events = reader.rest().await;
 
     assert!(matches!(events[0], ExecEvent::Start { .. }));
@@ -141,8 +97,7 @@ async fn stream_binary_output_is_exact() {
 #[tokio::test]
 async fn stream_keeps_stderr_separate() {
     let agent = TestAgent::start().await;
-    let mut reader =
-        EventReader::open(&agent, command("echo out; echo err >&2; echo out2; exit 5")).await;
+    let mut reader = open(&agent, command("echo out; echo err >&2; echo out2; exit 5")).await;
     let events = reader.rest().await;
 
     assert_eq!(output(&events, false), b"out\nout2\n");
@@ -154,7 +109,7 @@ async fn stream_keeps_stderr_separate() {
 async fn stream_large_output_is_complete() {
     let agent = TestAgent::start().await;
     // 1 MiB of 'a' followed by a marker, more than the agent queues, so flow control is used.
-    let mut reader = EventReader::open(
+    let mut reader = open(
         &agent,
         command("head -c 1048576 /dev/zero | tr '\\000' a; echo end"),
     )
@@ -177,7 +132,7 @@ async fn stream_large_output_is_complete() {
 async fn stream_timeout_reports_124() {
     let agent = TestAgent::start().await;
     let started = Instant::now();
-    let mut reader = EventReader::open(
+    let mut reader = open(
         &agent,
         ExecRequest {
             timeout: Some(1.0),
@@ -208,7 +163,7 @@ async fn stream_timeout_reports_124() {
 #[tokio::test]
 async fn stream_kill_self_reports_sigkill() {
     let agent = TestAgent::start().await;
-    let mut reader = EventReader::open(&agent, command("kill -9 $$")).await;
+    let mut reader = open(&agent, command("kill -9 $$")).await;
     let events = reader.rest().await;
 
     match events.last().unwrap() {
@@ -230,8 +185,7 @@ async fn stream_kill_self_reports_sigkill() {
 async fn stream_background_child_returns_promptly() {
     let agent = TestAgent::start().await;
     let started = Instant::now();
-    let mut reader =
-        EventReader::open(&agent, command("sleep 1000 & echo started; echo $! >&2")).await;
+    let mut reader = open(&agent, command("sleep 1000 & echo started; echo $! >&2")).await;
     let events = reader.rest().await;
     let elapsed = started.elapsed();
 
@@ -250,7 +204,7 @@ async fn stream_background_child_returns_promptly() {
 #[tokio::test]
 async fn stream_dropped_body_kills_group() {
     let agent = TestAgent::start().await;
-    let mut reader = EventReader::open(&agent, command("sleep 30 & echo ready; sleep 30")).await;
+    let mut reader = open(&agent, command("sleep 30 & echo ready; sleep 30")).await;
     let ExecEvent::Start { pid } = reader.next().await.unwrap() else {
         panic!("the first event should be start");
     };

@@ -16,7 +16,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where the client commands send their requests.
+/// Server address and key of the client commands.
 #[derive(Debug, Args)]
 pub struct Connection {
     /// URL of the gitvm server.

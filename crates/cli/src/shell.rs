@@ -160,9 +160,9 @@ fn window_size() -> (u16, u16) {
 /// Reads stdin on a thread of its own, because a blocking read cannot be cancelled and the
 /// runtime waits for its blocking tasks when it shuts down. When `send_eot` is set, end of
 /// file is passed on as ^D, so that `echo CMD | gitvm vm shell ID` ends like a script. The ^D
-/// is repeated every [`EOT_REPEAT`] until the session ends: one that arrives before the shell
+/// is repeated every [`EOT_REPEAT`] until the session ends. A ^D that arrives before the shell
 /// has put the terminal in its own mode becomes a NUL byte when the mode changes (Linux n_tty
-/// behaviour), and a shell still running an earlier line needs one more.
+/// behaviour). A shell still running an earlier line also needs one more.
 fn spawn_stdin_reader(send_eot: bool) -> mpsc::UnboundedReceiver<Vec<u8>> {
     let (sender, receiver) = mpsc::unbounded_channel();
     std::thread::spawn(move || {

@@ -240,7 +240,7 @@ async fn process_handle_stdin_output_and_wait() {
     assert_eq!(info.state, gitvm_sdk::ProcessState::Exited);
     assert_eq!(info.exit_code, Some(0));
 
-    // The replay buffer still holds the output after exit.
+    // The replay buffer still contains the output after exit.
     let events: Vec<ExecEvent> = by_tag
         .output()
         .await

@@ -87,7 +87,7 @@ async fn snapshot_of_paused_and_stopped_sandboxes() {
     );
 }
 
-/// Whether Docker still has an image for `reference`.
+/// Returns whether Docker still has an image for `reference`.
 fn image_exists(reference: &str) -> bool {
     std::process::Command::new("docker")
         .args(["image", "inspect", reference])

@@ -32,7 +32,7 @@ pub const HELLO: &str = "GITVM-HELLO";
 /// First word of the agent's reply line.
 pub const READY: &str = "GITVM-READY";
 
-/// Longest handshake line either side accepts, in bytes; longer lines are discarded.
+/// Maximum length of a handshake line either side accepts, in bytes. Longer lines are discarded.
 pub const MAX_HANDSHAKE_LINE: usize = 128;
 
 /// Directory inside a Docker sandbox where the host bind-mounts the agent binary and the

@@ -19,7 +19,7 @@ pub enum SandboxState {
     Stopped,
     /// The sandbox and its runtime resources are gone.
     Deleted,
-    /// An operation failed; `error` on the sandbox says why. Only delete is allowed.
+    /// An operation failed, and `error` on the sandbox gives the reason. Only delete is allowed.
     Error,
 }
 
@@ -413,7 +413,7 @@ pub struct FileList {
     pub entries: Vec<FileEntry>,
 }
 
-/// What a snapshot captures.
+/// Contents of a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotKind {
@@ -443,7 +443,7 @@ pub struct Snapshot {
     pub sandbox_id: String,
     /// Runtime that took it; restores use the same runtime.
     pub runtime: String,
-    /// What the snapshot captures.
+    /// Snapshot contents: filesystem only, or full.
     pub kind: SnapshotKind,
     /// Size on disk in bytes.
     pub size_bytes: u64,

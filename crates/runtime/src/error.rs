@@ -8,7 +8,7 @@ pub enum RuntimeError {
     TemplateNotFound {
         /// Template as requested.
         template: String,
-        /// What the backend reported, and what to do about it.
+        /// Backend message, with the next step.
         reason: String,
     },
 
@@ -44,7 +44,7 @@ pub enum RuntimeError {
     Unavailable {
         /// Runtime name.
         runtime: &'static str,
-        /// What is missing and how to install or start it.
+        /// Missing component, with how to install or start it.
         reason: String,
     },
 
@@ -68,7 +68,7 @@ pub enum RuntimeError {
     /// Local file work failed, such as preparing a sandbox's directory.
     #[error("{context}: {source}")]
     Io {
-        /// What was being done, with the path.
+        /// Operation in progress, with the path.
         context: String,
         /// The underlying error.
         source: std::io::Error,

@@ -1,5 +1,5 @@
 //! The [`Runtime`] trait, which turns sandbox operations into work on a backend, and its
-//! backends. The runtime knows nothing of HTTP routes or the store: the node checks state
+//! backends. The runtime does not depend on HTTP routes or the store: the node checks state
 //! transitions and persists them, the runtime does the work.
 
 use std::collections::BTreeMap;
@@ -30,7 +30,7 @@ pub struct SandboxSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-/// State of a sandbox as the backend sees it, used to reconcile the store at node start.
+/// State of a sandbox as the backend reports it, used to reconcile the store at node start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObservedState {
     /// Processes are running.
@@ -48,14 +48,14 @@ pub enum ObservedState {
 pub struct ObservedSandbox {
     /// Sandbox id from the backend's label.
     pub id: String,
-    /// What the backend reports.
+    /// State the backend reports.
     pub state: ObservedState,
 }
 
 /// A snapshot written by a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotInfo {
-    /// What the snapshot captures.
+    /// Snapshot contents: filesystem only, or full.
     pub kind: SnapshotKind,
     /// Backend reference to restore from (an image id for Docker).
     pub image: String,
@@ -69,7 +69,7 @@ pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
 /// A sandbox backend: Docker today, microVMs later.
 ///
 /// Every method that takes a sandbox id acts on resources this runtime created for it. Methods
-/// that start processes (`create`, `start`) return only once the agent answers.
+/// that start processes (`create`, `start`) return only once the agent responds to a health check.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Backend name as used in the API (`docker`).

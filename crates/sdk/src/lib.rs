@@ -42,7 +42,7 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 /// Failure of an SDK call.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The server answered with an error body.
+    /// The server returned an error response.
     #[error("{body} [HTTP {status}]")]
     Api {
         /// HTTP status.
@@ -51,7 +51,7 @@ pub enum Error {
         body: ErrorBody,
     },
 
-    /// The request did not reach the server or its answer was cut.
+    /// The request did not reach the server, or its response was cut off.
     #[error("request to {url} failed: {source}")]
     Http {
         /// URL requested.
@@ -65,7 +65,7 @@ pub enum Error {
     Decode {
         /// URL requested.
         url: String,
-        /// What could not be decoded.
+        /// Description of the undecodable content.
         message: String,
     },
 
@@ -83,7 +83,7 @@ pub enum Error {
     InvalidUrl {
         /// URL as given.
         url: String,
-        /// What is wrong with it.
+        /// Reason the URL is rejected.
         reason: String,
     },
 }

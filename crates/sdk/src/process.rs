@@ -91,8 +91,8 @@ impl Client {
             .await
     }
 
-    /// Waits until a process exits, or until `timeout` seconds pass; the returned state tells
-    /// which.
+    /// Waits until a process exits, or until `timeout` seconds pass; the returned state shows
+    /// which happened.
     pub async fn wait_process(
         &self,
         id: &str,

@@ -32,8 +32,8 @@ const READ_CHUNK: usize = 32 * 1024;
 /// [`READ_CHUNK`] this bounds the queued output at 128 KiB per command.
 const OUTPUT_QUEUE: usize = 4;
 
-/// Maximum bytes read from each pipe after the shell exited and the grace period ended; a
-/// Linux pipe holds 64 KiB by default.
+/// Maximum bytes read from each pipe after the shell exited and the grace period ended. A
+/// Linux pipe buffers 64 KiB by default.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// A validated exec request, ready to spawn.

@@ -346,8 +346,8 @@ fn kill(entry: std::sync::Arc<Entry>) -> Result<Response<ResponseBody>, ApiError
     }
 }
 
-/// Waits until the process exits or `timeout` elapses, then returns its info either way; the
-/// `state` field tells which.
+/// Waits until the process exits or `timeout` elapses, then returns its info either way. The
+/// `state` field shows which happened.
 async fn wait(entry: &Entry, timeout: Option<Duration>) -> gitvm_proto::ProcessInfo {
     let mut exited = entry.exited.subscribe();
     let waiting = exited.wait_for(|exited| *exited);

@@ -75,3 +75,59 @@ pub fn is_running(pid: i32) -> bool {
         .and_then(|end| stat[end + 1..].split_whitespace().next());
     !matches!(state, Some("Z") | Some("X") | None)
 }
+
+/// Splits an NDJSON body of [`gitvm_proto::ExecEvent`]s into events as its frames arrive.
+pub struct EventReader {
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+}
+
+impl EventReader {
+    /// Reads `body`.
+    pub fn new(body: hyper::body::Incoming) -> EventReader {
+        EventReader {
+            body,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Returns the next event, or `None` at the end of the body.
+    pub async fn next(&mut self) -> Option<gitvm_proto::ExecEvent> {
+        use http_body_util::BodyExt;
+
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    if let Ok(data) = frame.unwrap().into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+                None => {
+                    assert!(self.buffer.is_empty(), "unterminated line at end of body");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Reads every remaining event.
+    pub async fn rest(&mut self) -> Vec<gitvm_proto::ExecEvent> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
+        events
+    }
+
+    /// Returns the bytes of the next event, which must be a stdout chunk.
+    pub async fn next_stdout(&mut self) -> Vec<u8> {
+        match self.next().await {
+            Some(event @ gitvm_proto::ExecEvent::Stdout { .. }) => event.bytes().unwrap().unwrap(),
+            other => panic!("expected a stdout chunk, got {other:?}"),
+        }
+    }
+}

@@ -241,7 +241,7 @@ pub fn containers_labelled(sandbox_id: &str) -> Vec<String> {
         .collect()
 }
 
-/// The API error code of an SDK error, or a panic naming what came back instead.
+/// Returns the status and API error code of an SDK error; panics on any other result.
 pub fn api_error(result: Result<impl std::fmt::Debug, gitvm_sdk::Error>) -> (u16, String) {
     match result {
         Err(gitvm_sdk::Error::Api { status, body }) => (status, body.code),

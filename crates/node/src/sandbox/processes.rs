@@ -130,7 +130,7 @@ impl Node {
     }
 
     /// Waits up to `timeout_secs` (no limit when `None` or 0) for a background process to exit
-    /// and returns its info, which still says `running` when the time ran out.
+    /// and returns its info, whose state is still `running` when the time ran out.
     pub async fn wait_process(
         &self,
         id: &str,

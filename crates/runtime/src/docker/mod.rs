@@ -85,7 +85,7 @@ impl DockerRuntime {
     ///
     /// The socket is the path in `DOCKER_HOST` when it is a `unix://` address, otherwise
     /// `/var/run/docker.sock`. Fails with [`RuntimeError::Unavailable`] when the daemon does
-    /// not answer within two seconds.
+    /// not respond within two seconds.
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), gitvm_runtime::RuntimeError> {
