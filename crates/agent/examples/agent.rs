@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use gitvm_agent::server::{run, AgentConfig};
+use gitvm_agent::server::{run, AgentConfig, Transport};
 
 fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt()
@@ -18,6 +18,7 @@ fn main() -> std::io::Result<()> {
         std::process::exit(2);
     };
     run(AgentConfig {
-        socket: PathBuf::from(socket),
+        transport: Transport::Unix(PathBuf::from(socket)),
+        guest_setup: false,
     })
 }

@@ -145,6 +145,21 @@ impl AgentClient {
         decode_json(response).await
     }
 
+    /// Sets the guest's wall clock to the host's current time; used after a microVM restore.
+    pub async fn sync_clock(&self) -> Result<(), AgentError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let request = gitvm_proto::agent::SetClockRequest {
+            unix_seconds: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+            nanos: now.subsec_nanos(),
+        };
+        let body = serde_json::to_vec(&request)
+            .map_err(|error| AgentError::Decode(format!("cannot encode clock request: {error}")))?;
+        let response = self.send(Method::POST, "/clock".into(), full(body)).await?;
+        drain(response).await
+    }
+
     /// Runs a command to completion and returns its buffered output.
     pub async fn exec(&self, req: &ExecRequest) -> Result<ExecResult, AgentError> {
         let body = serde_json::to_vec(req)

@@ -9,6 +9,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use gitvm_proto::agent::{HELLO, MAX_HANDSHAKE_LINE, READY};
@@ -98,30 +99,66 @@ pub fn new_nonce() -> String {
     format!("{value:032x}")
 }
 
+/// First wait for the agent's ready line before the host sends a newer hello. Each later wait
+/// doubles, up to [`MAX_HELLO_RETRY`], so that a slow agent still answers the newest hello.
+const FIRST_HELLO_RETRY: Duration = Duration::from_millis(250);
+
+/// Longest wait for a ready line before the next hello.
+const MAX_HELLO_RETRY: Duration = Duration::from_secs(2);
+
+/// Zero bytes sent before every hello but the first. A serial port can hold an HTTP/2 session
+/// of an earlier host connection that the agent still serves, stopped anywhere in a frame. Zeros
+/// fill the rest of a frame of up to 16 KiB (the agent's maximum frame size) and then form a
+/// DATA frame header on stream 0, which HTTP/2 rejects, so the agent ends that session and
+/// looks for a hello again.
+static RESYNC_FILL: [u8; 2 * (16 * 1024 + 9)] = [0; 2 * (16 * 1024 + 9)];
+
 /// Runs the host side: sends a hello with a fresh nonce and discards input until the agent's
-/// ready line carries that nonce. The caller sets the deadline.
+/// ready line carries that nonce. When no such line arrives in time, it sends zero fill and a
+/// newer hello, and accepts only the newest nonce from then on. The caller sets the deadline.
 pub async fn client_handshake<S>(mut stream: S) -> Result<Rewind<S>, AgentError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let nonce = new_nonce();
-    stream
-        .write_all(format!("{HELLO} {nonce}\n").as_bytes())
-        .await?;
-    stream.flush().await?;
-
     let mut pending = BytesMut::new();
+    let mut wait = FIRST_HELLO_RETRY;
+    let mut first = true;
     loop {
-        let Some(reply) = next_token_line(&mut stream, &mut pending, READY).await? else {
-            return Err(AgentError::Handshake(format!(
-                "the agent closed the stream before replying to hello nonce {nonce}; \
-                 check that the agent is running"
-            )));
-        };
-        if reply == nonce {
-            return Ok(Rewind::new(pending.freeze(), stream));
+        let nonce = new_nonce();
+        if !first {
+            stream.write_all(&RESYNC_FILL).await?;
         }
-        tracing::debug!(stale_nonce = %reply, "discarded a ready line for another connection");
+        first = false;
+        stream
+            .write_all(format!("{HELLO} {nonce}\n").as_bytes())
+            .await?;
+        stream.flush().await?;
+
+        let deadline = tokio::time::Instant::now() + wait;
+        wait = (wait * 2).min(MAX_HELLO_RETRY);
+        loop {
+            let reply = tokio::time::timeout_at(
+                deadline,
+                next_token_line(&mut stream, &mut pending, READY),
+            )
+            .await;
+            match reply {
+                Err(_elapsed) => break,
+                Ok(Ok(Some(reply))) if reply == nonce => {
+                    return Ok(Rewind::new(pending.freeze(), stream));
+                }
+                Ok(Ok(Some(reply))) => {
+                    tracing::debug!(stale_nonce = %reply, "discarded a ready line for an older hello");
+                }
+                Ok(Ok(None)) => {
+                    return Err(AgentError::Handshake(format!(
+                        "the agent closed the stream before replying to hello nonce {nonce}; \
+                         check that the agent is running"
+                    )));
+                }
+                Ok(Err(error)) => return Err(error.into()),
+            }
+        }
     }
 }
 

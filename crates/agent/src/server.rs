@@ -3,9 +3,11 @@
 
 mod exec;
 mod files;
+pub mod guest;
 mod processes;
 mod pty;
 mod reaper;
+pub mod serial;
 mod signals;
 mod stream;
 mod users;
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gitvm_proto::agent::AgentHealth;
+use gitvm_proto::agent::{AgentHealth, SetClockRequest};
 use gitvm_proto::{ErrorBody, ExecRequest};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -54,11 +56,23 @@ pub(crate) const SHELL: &str = "/bin/sh";
 /// Response body type of the agent's service.
 type ResponseBody = BoxBody<Bytes, io::Error>;
 
+/// Where the agent waits for the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// A Unix socket at this path, as in Docker sandboxes; a stale socket file is replaced.
+    Unix(PathBuf),
+    /// The virtio-serial port with this name, as in QEMU guests.
+    VirtioSerial(String),
+}
+
 /// Settings of the agent daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
-    /// Path of the Unix socket to listen on; a stale socket file there is replaced.
-    pub socket: PathBuf,
+    /// Where to serve the agent protocol.
+    pub transport: Transport,
+    /// Whether the agent is init of a microVM guest and sets the machine up first
+    /// (see [`guest`]).
+    pub guest_setup: bool,
 }
 
 /// Runs the agent until SIGTERM, SIGINT or SIGHUP: binds the socket, serves connections, and
@@ -93,19 +107,33 @@ fn limit_malloc_retention() {
 
 async fn run_until_signal(config: AgentConfig) -> io::Result<()> {
     let mut signals = signals::ShutdownSignals::install(reaper::is_init())?;
-
-    let listener = bind(&config.socket)?;
-    tracing::info!(
-        socket = %config.socket.display(),
-        pid = std::process::id(),
-        init = reaper::is_init(),
-        "agent ready"
-    );
+    if config.guest_setup {
+        guest::prepare();
+    }
 
     let shutdown = CancellationToken::new();
     let connections = TaskTracker::new();
+    let serving = match &config.transport {
+        Transport::Unix(socket) => {
+            let listener = bind(socket)?;
+            tracing::info!(socket = %socket.display(), pid = std::process::id(), init = reaper::is_init(), "agent ready");
+            futures_util::future::Either::Left(serve_until(
+                listener,
+                shutdown.clone(),
+                connections.clone(),
+            ))
+        }
+        Transport::VirtioSerial(name) => {
+            let device = serial::find_port(name).await?;
+            let port = serial::SerialPort::open(&device)?;
+            reaper::start()?;
+            tracing::info!(port = %device.display(), pid = std::process::id(), init = reaper::is_init(), "agent ready");
+            let serving = serial::serve(port, shutdown.clone());
+            futures_util::future::Either::Right(connections.track_future(serving))
+        }
+    };
     let received = tokio::select! {
-        result = serve_until(listener, shutdown.clone(), connections.clone()) => return result,
+        result = serving => return result,
         received = signals.recv() => received?,
     };
     reaper::shut_down(received, SHUTDOWN_GRACE).await;
@@ -124,8 +152,10 @@ async fn run_until_signal(config: AgentConfig) -> io::Result<()> {
         );
     }
 
-    if let Err(error) = std::fs::remove_file(&config.socket) {
-        tracing::debug!(socket = %config.socket.display(), %error, "cannot remove socket");
+    if let Transport::Unix(socket) = &config.transport {
+        if let Err(error) = std::fs::remove_file(socket) {
+            tracing::debug!(socket = %socket.display(), %error, "cannot remove socket");
+        }
     }
     tracing::info!("agent stopped");
     Ok(())
@@ -205,7 +235,15 @@ async fn serve_connection(stream: tokio::net::UnixStream, shutdown: Cancellation
         _ = shutdown.cancelled() => return,
     };
     tracing::debug!("host connected");
+    serve_stream(stream, shutdown).await;
+}
 
+/// Serves HTTP/2 on a stream whose handshake is done, until the host closes it or `shutdown`
+/// is cancelled.
+async fn serve_stream<S>(stream: crate::handshake::Rewind<S>, shutdown: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(|request| async move { Ok::<_, Infallible>(route(request).await) });
     // A terminal's options travel in a header and carry the sandbox's environment, which the
     // node allows up to 1 MiB; hyper's default header list limit is 16 KiB.
@@ -233,6 +271,7 @@ async fn route(request: Request<Incoming>) -> Response<ResponseBody> {
     let path = request.uri().path().to_owned();
     let result = match (method.clone(), path.as_str()) {
         (Method::GET, "/health") => Ok(health()),
+        (Method::POST, "/clock") => clock_route(request).await,
         (Method::POST, "/exec") => exec_route(request).await,
         (Method::POST, "/exec/stream") => exec_stream_route(request).await,
         (Method::POST, "/pty") => pty::open(request).await,
@@ -278,6 +317,20 @@ fn health() -> Response<ResponseBody> {
     )
 }
 
+async fn clock_route(request: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+    let clock: SetClockRequest = read_json(request, "clock").await?;
+    if clock.nanos >= 1_000_000_000 {
+        return Err(ApiError::bad_request(
+            "invalid_clock",
+            format!("nanos must be below 1000000000, got {}", clock.nanos),
+        ));
+    }
+    guest::set_clock(clock.unix_seconds, clock.nanos).map_err(|error| {
+        ApiError::internal("clock_failed", format!("cannot set the clock: {error}"))
+    })?;
+    Ok(no_content())
+}
+
 async fn exec_route(request: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
     let result = exec::exec(read_exec_request(request).await?).await?;
     Ok(json_response(StatusCode::OK, &result))
@@ -296,18 +349,30 @@ async fn exec_stream_route(request: Request<Incoming>) -> Result<Response<Respon
 }
 
 async fn read_exec_request(request: Request<Incoming>) -> Result<ExecRequest, ApiError> {
+    read_json(request, "exec").await
+}
+
+/// Reads a JSON request body of at most [`MAX_JSON_BODY`] bytes; `what` names the request in
+/// errors.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+    what: &str,
+) -> Result<T, ApiError> {
     let body = Limited::new(request.into_body(), MAX_JSON_BODY)
         .collect()
         .await
         .map_err(|error| {
             ApiError::bad_request(
                 "invalid_request",
-                format!("cannot read exec request body (at most {MAX_JSON_BODY} bytes): {error}"),
+                format!("cannot read {what} request body (at most {MAX_JSON_BODY} bytes): {error}"),
             )
         })?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|error| {
-        ApiError::bad_request("invalid_request", format!("invalid exec request: {error}"))
+        ApiError::bad_request(
+            "invalid_request",
+            format!("invalid {what} request: {error}"),
+        )
     })
 }
 

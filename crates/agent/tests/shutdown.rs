@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use gitvm_agent::client::AgentClient;
-use gitvm_agent::server::{run, AgentConfig};
+use gitvm_agent::server::{run, AgentConfig, Transport};
 use gitvm_proto::ExecRequest;
 
 #[tokio::test]
@@ -12,7 +12,8 @@ async fn sigterm_is_forwarded_and_agent_exits() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
     let config = AgentConfig {
-        socket: socket.clone(),
+        transport: Transport::Unix(socket.clone()),
+        guest_setup: false,
     };
     let agent = std::thread::spawn(move || run(config));
 

@@ -62,9 +62,14 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Unix socket to listen on.
+    /// Unix socket to listen on (Docker sandboxes).
+    #[arg(long, required_unless_present = "vm", conflicts_with = "vm")]
+    pub socket: Option<PathBuf>,
+
+    /// Run as init of a microVM guest: set the machine up, then serve on the virtio-serial
+    /// port named `gitvm`.
     #[arg(long)]
-    pub socket: PathBuf,
+    pub vm: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +165,14 @@ pub struct VmCreate {
     /// Template name or image reference [default: the server's, `base`].
     #[arg(long)]
     pub template: Option<String>,
+
+    /// Runtime: docker (container), qemu (microVM) or firecracker [default: the server's].
+    #[arg(long)]
+    pub runtime: Option<String>,
+
+    /// Cut the sandbox off from the network; only loopback works inside.
+    #[arg(long)]
+    pub no_internet: bool,
 
     /// Number of virtual CPUs.
     #[arg(long)]

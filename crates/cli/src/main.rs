@@ -24,9 +24,18 @@ fn main() -> ExitCode {
     // must start before any other runtime exists.
     if let Command::Agent(agent) = cli.command {
         gitvm_node::cli::init_logging();
-        return match gitvm_agent::server::run(gitvm_agent::server::AgentConfig {
-            socket: agent.socket,
-        }) {
+        use gitvm_agent::server::{AgentConfig, Transport};
+        let config = match agent.socket {
+            Some(socket) => AgentConfig {
+                transport: Transport::Unix(socket),
+                guest_setup: false,
+            },
+            None => AgentConfig {
+                transport: Transport::VirtioSerial(gitvm_proto::agent::SERIAL_PORT_NAME.to_owned()),
+                guest_setup: true,
+            },
+        };
+        return match gitvm_agent::server::run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("gitvm agent: {error}");

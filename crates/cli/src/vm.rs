@@ -22,12 +22,13 @@ pub async fn run(connection: &Connection, command: VmCommand) -> Result<ExitCode
         VmCommand::Create(args) => {
             let request = CreateSandboxRequest {
                 template: args.template,
-                runtime: None,
+                runtime: args.runtime,
                 vcpus: args.vcpus,
                 memory_mb: args.memory,
                 timeout: args.timeout,
                 env_vars: parse_pairs("env", &args.env)?,
                 metadata: parse_pairs("metadata", &args.metadata)?,
+                internet: args.no_internet.then_some(false),
             };
             let sandbox = client.create_sandbox(&request).await?;
             if args.json {

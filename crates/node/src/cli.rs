@@ -35,6 +35,41 @@ pub struct ServeArgs {
     /// Seconds that create and start wait for a sandbox's agent before they fail.
     #[arg(long, default_value_t = 30)]
     pub ready_timeout: u64,
+
+    /// Runtime of sandboxes created without `runtime`: docker, qemu or firecracker.
+    #[arg(long, default_value = "docker", env = "GITVM_DEFAULT_RUNTIME")]
+    pub default_runtime: String,
+
+    /// Cache of template root disks, guest kernels and packages, which several nodes on one
+    /// host may share [default: <data-dir>/cache].
+    #[arg(long, env = "GITVM_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// QEMU system emulator of the qemu runtime.
+    #[arg(long, default_value = "qemu-system-x86_64", env = "GITVM_QEMU_BIN")]
+    pub qemu_bin: PathBuf,
+
+    /// Guest kernel image of the qemu runtime; without it Debian's cloud kernel is downloaded
+    /// once from --debian-mirror.
+    #[arg(long, env = "GITVM_QEMU_KERNEL")]
+    pub qemu_kernel: Option<PathBuf>,
+
+    /// `lib/modules/<release>` directory of --qemu-kernel, when its virtio drivers are modules.
+    #[arg(long, requires = "qemu_kernel")]
+    pub qemu_kernel_modules: Option<PathBuf>,
+
+    /// Accelerator of the qemu runtime: `auto` boots a probe guest under KVM and falls back to
+    /// TCG (software emulation) when it does not come up; `kvm` or `tcg` skip the probe.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"], env = "GITVM_QEMU_ACCEL")]
+    pub qemu_accel: String,
+
+    /// Extra kernel command line parameters for qemu guests.
+    #[arg(long, default_value = "", env = "GITVM_QEMU_KERNEL_ARGS")]
+    pub qemu_kernel_args: String,
+
+    /// Debian mirror the guest kernel is downloaded from.
+    #[arg(long, default_value = "http://deb.debian.org/debian")]
+    pub debian_mirror: String,
 }
 
 impl ServeArgs {
@@ -48,6 +83,17 @@ impl ServeArgs {
             agent_bin,
             default_timeout_secs: self.default_timeout,
             ready_timeout: Duration::from_secs(self.ready_timeout),
+            default_runtime: self.default_runtime,
+            cache_dir: self.cache_dir,
+            qemu: crate::config::QemuSettings {
+                qemu_bin: self.qemu_bin,
+                kernel: self.qemu_kernel,
+                kernel_modules: self.qemu_kernel_modules,
+                accel: self.qemu_accel,
+                kernel_args: self.qemu_kernel_args,
+                debian_mirror: self.debian_mirror,
+                ..Default::default()
+            },
             ..NodeConfig::default()
         }
     }

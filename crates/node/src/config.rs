@@ -23,6 +23,48 @@ pub struct NodeConfig {
     pub default_template: String,
     /// Maximum time create and start wait for a sandbox's agent to become ready.
     pub ready_timeout: Duration,
+    /// Runtime of sandboxes created without `runtime`.
+    pub default_runtime: String,
+    /// Cache of template root disks, kernels and packages; `<data_dir>/cache` when `None`.
+    pub cache_dir: Option<PathBuf>,
+    /// Settings of the qemu runtime.
+    pub qemu: QemuSettings,
+}
+
+/// Settings of the qemu runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuSettings {
+    /// QEMU system emulator to run.
+    pub qemu_bin: PathBuf,
+    /// The `gitvm-init` binary put into every initramfs.
+    pub init_bin: PathBuf,
+    /// Guest kernel image; Debian's cloud kernel is downloaded when `None`.
+    pub kernel: Option<PathBuf>,
+    /// `lib/modules/<release>` directory of `kernel`.
+    pub kernel_modules: Option<PathBuf>,
+    /// Debian mirror to download the kernel from.
+    pub debian_mirror: String,
+    /// Debian suite of the kernel.
+    pub debian_suite: String,
+    /// `auto`, `kvm` or `tcg`.
+    pub accel: String,
+    /// Extra kernel command line parameters.
+    pub kernel_args: String,
+}
+
+impl Default for QemuSettings {
+    fn default() -> Self {
+        Self {
+            qemu_bin: PathBuf::from("qemu-system-x86_64"),
+            init_bin: NodeConfig::sibling_binary("gitvm-init"),
+            kernel: None,
+            kernel_modules: None,
+            debian_mirror: "http://deb.debian.org/debian".to_owned(),
+            debian_suite: "bookworm".to_owned(),
+            accel: "auto".to_owned(),
+            kernel_args: String::new(),
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -35,6 +77,9 @@ impl Default for NodeConfig {
             default_timeout_secs: 300,
             default_template: "base".to_owned(),
             ready_timeout: Duration::from_secs(30),
+            default_runtime: "docker".to_owned(),
+            cache_dir: None,
+            qemu: QemuSettings::default(),
         }
     }
 }
@@ -59,9 +104,21 @@ impl NodeConfig {
 
     /// Default agent binary: a file named `gitvm` in the directory of the current executable.
     pub fn default_agent_bin() -> PathBuf {
+        Self::sibling_binary("gitvm")
+    }
+
+    /// A file named `name` in the directory of the current executable.
+    pub fn sibling_binary(name: &str) -> PathBuf {
         std::env::current_exe()
             .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("gitvm")))
-            .unwrap_or_else(|| PathBuf::from("gitvm"))
+            .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+            .unwrap_or_else(|| PathBuf::from(name))
+    }
+
+    /// The cache directory: [`NodeConfig::cache_dir`] or `<data_dir>/cache`.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cache"))
     }
 }

@@ -19,10 +19,11 @@ pub mod lock;
 pub mod metrics;
 pub mod reaper;
 pub mod reconcile;
+pub mod runtimes;
 pub mod sandbox;
 mod server;
 pub mod store;
 pub mod timestamp;
 
-pub use config::NodeConfig;
+pub use config::{NodeConfig, QemuSettings};
 pub use server::serve;

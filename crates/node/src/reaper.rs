@@ -46,7 +46,7 @@ pub async fn reap_expired(node: &Node, failing: &mut HashSet<String>) -> usize {
             Ok(()) => {
                 deleted += 1;
                 failing.remove(id);
-                tracing::info!(sandbox_id = %id, runtime = node.runtime().name(), "expired sandbox deleted");
+                tracing::info!(sandbox_id = %id, "expired sandbox deleted");
             }
             Err(err) if failing.insert(id.clone()) => {
                 tracing::warn!(sandbox_id = %id, error = %err, "cannot delete expired sandbox; retrying every second");

@@ -4,10 +4,10 @@
 use std::collections::{HashMap, HashSet};
 
 use gitvm_proto::SandboxState;
-use gitvm_runtime::ObservedState;
+use gitvm_runtime::{ObservedState, Runtime};
 
 use crate::sandbox::{Node, NodeError};
-use crate::store::SandboxFilter;
+use crate::store::{SandboxFilter, SandboxRecord};
 
 /// Reason recorded for a sandbox whose runtime resources vanished while the node was down.
 pub const DISAPPEARED: &str = "container disappeared while the node was down";
@@ -28,22 +28,45 @@ pub struct ReconcileSummary {
     pub updated: usize,
 }
 
-/// Compares the store with the runtime's sandboxes and fixes both sides.
+/// Compares the store with each runtime's sandboxes and fixes both sides. Sandboxes of a
+/// runtime that is unavailable on this start keep their state.
 pub async fn reconcile(node: &Node) -> Result<ReconcileSummary, NodeError> {
-    let runtime = node.runtime();
+    let stored = node
+        .store()
+        .list_sandboxes(&SandboxFilter::default())
+        .await?;
+    let mut summary = ReconcileSummary::default();
+    for runtime in node.runtimes().all() {
+        reconcile_runtime(node, runtime.as_ref(), &stored, &mut summary).await?;
+    }
+    for record in &stored {
+        let sandbox = &record.sandbox;
+        if let Some(reason) = node.runtimes().unavailable().get(sandbox.runtime.as_str()) {
+            if !matches!(sandbox.state, SandboxState::Deleted | SandboxState::Error) {
+                tracing::warn!(sandbox_id = %sandbox.id, runtime = %sandbox.runtime, %reason, "runtime unavailable; sandbox left as it was");
+            }
+        }
+    }
+    Ok(summary)
+}
+
+async fn reconcile_runtime(
+    node: &Node,
+    runtime: &dyn Runtime,
+    stored: &[SandboxRecord],
+    summary: &mut ReconcileSummary,
+) -> Result<(), NodeError> {
     let observed: HashMap<String, ObservedState> = runtime
         .list()
         .await?
         .into_iter()
         .map(|sandbox| (sandbox.id, sandbox.state))
         .collect();
-    let stored = node
-        .store()
-        .list_sandboxes(&SandboxFilter::default())
-        .await?;
-    let mut summary = ReconcileSummary::default();
 
-    for record in &stored {
+    for record in stored
+        .iter()
+        .filter(|record| record.sandbox.runtime == runtime.name())
+    {
         let sandbox = &record.sandbox;
         let id = sandbox.id.as_str();
         let seen = observed.get(id).copied().unwrap_or(ObservedState::Missing);
@@ -86,6 +109,7 @@ pub async fn reconcile(node: &Node) -> Result<ReconcileSummary, NodeError> {
         }
     }
 
+    // Ids of every runtime count, so a sandbox is never removed as an orphan of the wrong one.
     let live: HashSet<&str> = stored
         .iter()
         .map(|record| record.sandbox.id.as_str())
@@ -101,5 +125,5 @@ pub async fn reconcile(node: &Node) -> Result<ReconcileSummary, NodeError> {
             }
         }
     }
-    Ok(summary)
+    Ok(())
 }

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use gitvm_runtime::docker::{DockerConfig, DockerRuntime};
+use gitvm_runtime::qemu::{AccelChoice, KernelSource, QemuConfig, QemuRuntime};
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::lock::DataDirLock;
+use crate::runtimes::Runtimes;
 use crate::sandbox::{validate, HostLimits, Node, Settings};
 use crate::store::Store;
 use crate::{reaper, reconcile, NodeConfig};
@@ -33,21 +35,14 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let _lock = DataDirLock::acquire(&config.data_dir)?;
     let store = Store::open(&config.data_dir).await?;
     let node_id = store.node_id().await?;
-    let runtime = DockerRuntime::connect(DockerConfig {
-        data_dir: config.data_dir.clone(),
-        agent_bin: config.agent_bin.clone(),
-        node_id: node_id.clone(),
-        ready_timeout: config.ready_timeout,
-    })
-    .await
-    .context("cannot start the Docker runtime")?;
+    let runtimes = start_runtimes(&config, &node_id).await?;
 
     let settings = Settings {
         default_timeout_secs: config.default_timeout_secs,
         default_template: config.default_template.clone(),
         limits: HostLimits::detect(),
     };
-    let node = Arc::new(Node::new(store, Arc::new(runtime), settings));
+    let node = Arc::new(Node::new(store, runtimes, settings));
 
     let summary = reconcile::reconcile(&node)
         .await
@@ -66,7 +61,7 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         writeln!(stdout, "gitvm server listening on http://{addr}")?;
         stdout.flush()?;
     }
-    tracing::info!(%addr, node_id, data_dir = %config.data_dir.display(), runtime = node.runtime().name(), "node started");
+    tracing::info!(%addr, node_id, data_dir = %config.data_dir.display(), runtimes = ?node.runtimes().names(), default_runtime = node.runtimes().default_name(), "node started");
 
     let state = AppState {
         node,
@@ -110,5 +105,89 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
         _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+}
+
+/// Starts every runtime that works on this host and records why the others do not. Fails when
+/// the default runtime is unavailable, naming what to install or start.
+async fn start_runtimes(config: &NodeConfig, node_id: &str) -> anyhow::Result<Runtimes> {
+    let mut runtimes = Runtimes::new(&config.default_runtime)
+        .map_err(|err| anyhow::anyhow!("invalid --default-runtime: {err}"))?;
+
+    let docker = match DockerRuntime::connect(DockerConfig {
+        data_dir: config.data_dir.clone(),
+        agent_bin: config.agent_bin.clone(),
+        node_id: node_id.to_owned(),
+        ready_timeout: config.ready_timeout,
+    })
+    .await
+    {
+        Ok(docker) => {
+            let docker = Arc::new(docker);
+            runtimes.add(docker.clone());
+            Some(docker)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "the docker runtime is unavailable");
+            runtimes.mark_unavailable("docker", unavailable_reason(err));
+            None
+        }
+    };
+
+    let qemu = &config.qemu;
+    let accel = match qemu.accel.as_str() {
+        "kvm" => AccelChoice::Kvm,
+        "tcg" => AccelChoice::Tcg,
+        "auto" => AccelChoice::Auto,
+        other => bail!("invalid --qemu-accel `{other}`: choose auto, kvm or tcg"),
+    };
+    let kernel = match &qemu.kernel {
+        Some(kernel) => KernelSource::Path {
+            kernel: kernel.clone(),
+            modules: qemu.kernel_modules.clone(),
+        },
+        None => KernelSource::Debian {
+            mirror: qemu.debian_mirror.clone(),
+            suite: qemu.debian_suite.clone(),
+        },
+    };
+    let qemu_config = QemuConfig {
+        data_dir: config.data_dir.clone(),
+        cache_dir: config.cache_dir(),
+        qemu_bin: qemu.qemu_bin.clone(),
+        agent_bin: config.agent_bin.clone(),
+        init_bin: qemu.init_bin.clone(),
+        kernel,
+        accel,
+        ready_timeout: config.ready_timeout,
+        kernel_args: qemu.kernel_args.clone(),
+    };
+    match QemuRuntime::new(qemu_config, docker).await {
+        Ok(runtime) => runtimes.add(Arc::new(runtime)),
+        Err(err) => {
+            tracing::info!(error = %err, "the qemu runtime is unavailable");
+            runtimes.mark_unavailable("qemu", unavailable_reason(err));
+        }
+    }
+    runtimes.mark_unavailable(
+        "firecracker",
+        "this version of gitvm has no Firecracker runtime yet; use `qemu` for microVMs".to_owned(),
+    );
+
+    if let Some(reason) = runtimes.unavailable().get(runtimes.default_name()) {
+        bail!(
+            "the default runtime `{}` cannot run on this node: {reason}",
+            runtimes.default_name()
+        );
+    }
+    Ok(runtimes)
+}
+
+/// The reason part of a runtime's start failure, without the runtime name that
+/// [`Runtimes::get`] adds again.
+fn unavailable_reason(err: gitvm_runtime::RuntimeError) -> String {
+    match err {
+        gitvm_runtime::RuntimeError::Unavailable { reason, .. } => reason,
+        other => other.to_string(),
     }
 }

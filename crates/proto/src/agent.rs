@@ -17,6 +17,7 @@
 //! | method | path | body | response |
 //! |---|---|---|---|
 //! | GET | `/health` | | [`AgentHealth`] |
+//! | POST | `/clock` | [`SetClockRequest`] | 204; sets the guest's wall clock (microVMs) |
 //! | POST | `/exec` | [`crate::ExecRequest`] | [`crate::ExecResult`] |
 //! | GET | `/files?path=P` | | the file's bytes, streamed |
 //! | PUT | `/files?path=P` | the file's bytes, streamed | 204; parents are created |
@@ -59,3 +60,17 @@ pub struct AgentHealth {
     /// Whether `/bin/sh` exists, so that `exec` can work.
     pub shell: bool,
 }
+
+/// Body of the agent's `POST /clock`: the wall-clock time to set, which the host sends after
+/// restoring a microVM whose clock stood still while it was saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetClockRequest {
+    /// Whole seconds since the Unix epoch.
+    pub unix_seconds: i64,
+    /// Nanoseconds past `unix_seconds`, below one billion.
+    pub nanos: u32,
+}
+
+/// Name of the virtio-serial port that carries the agent protocol in QEMU guests.
+pub const SERIAL_PORT_NAME: &str = "gitvm";

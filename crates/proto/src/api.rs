@@ -70,7 +70,7 @@ pub struct CreateSandboxRequest {
     /// Template name (`base`) or image reference; the node's default template when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
-    /// Runtime backend (`docker`); the node's default when absent.
+    /// Runtime backend (`docker`, `qemu` or `firecracker`); the node's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     /// Number of virtual CPUs (whole CPUs; Docker enforces it as a CPU quota).
@@ -88,6 +88,9 @@ pub struct CreateSandboxRequest {
     /// Free-form labels for the caller's own bookkeeping.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Outbound network access; `false` leaves only the loopback device. Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internet: Option<bool>,
 }
 
 /// A sandbox as returned by the API.
@@ -120,9 +123,16 @@ pub struct Sandbox {
     /// Snapshot this sandbox was restored from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
+    /// Whether the sandbox has outbound network access.
+    #[serde(default = "default_true")]
+    pub internet: bool,
     /// Reason for the `error` state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Body of `GET /sandboxes`.

@@ -11,6 +11,7 @@ use gitvm_proto::SnapshotKind;
 
 pub mod docker;
 mod error;
+pub mod qemu;
 
 pub use error::RuntimeError;
 
@@ -26,6 +27,9 @@ pub struct SandboxSpec {
     pub vcpus: u32,
     /// Memory limit in MiB.
     pub memory_mb: u64,
+    /// Whether the sandbox may open connections to the outside; without it only loopback
+    /// works inside.
+    pub internet: bool,
     /// Extra labels for the backend's resources, next to the ones the backend sets itself.
     pub labels: BTreeMap<String, String>,
 }
@@ -66,13 +70,13 @@ pub struct SnapshotInfo {
 /// Receives progress lines of long operations such as image pulls and template builds.
 pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// A sandbox backend: Docker today, microVMs later.
+/// A sandbox backend: Docker containers or QEMU microVMs.
 ///
 /// Every method that takes a sandbox id acts on resources this runtime created for it. Methods
 /// that start processes (`create`, `start`) return only once the agent responds to a health check.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
-    /// Backend name as used in the API (`docker`).
+    /// Backend name as used in the API (`docker`, `qemu`).
     fn name(&self) -> &'static str;
 
     /// Makes `template` available locally, pulling it if needed, and returns the reference to

@@ -108,6 +108,7 @@ fn spec(image: &str) -> SandboxSpec {
         image: image.to_string(),
         vcpus: 1,
         memory_mb: 256,
+        internet: true,
         labels: BTreeMap::from([("test.owner".to_string(), "runtime-tests".to_string())]),
     }
 }

@@ -13,7 +13,13 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        runtimes: vec![state.node.runtime().name().to_owned()],
+        runtimes: state
+            .node
+            .runtimes()
+            .names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
     })
 }
 

@@ -25,7 +25,7 @@ impl Node {
             }
         }
 
-        let client = match self.runtime.connect(&sandbox.id).await {
+        let client = match self.runtime_of(sandbox)?.connect(&sandbox.id).await {
             Ok(client) => client,
             Err(err) => {
                 return Err(self
@@ -101,7 +101,11 @@ impl Node {
         let id = &sandbox.id;
         tracing::warn!(sandbox_id = %id, runtime = %sandbox.runtime, error = %err, "agent unreachable; asking the runtime for the sandbox's state");
 
-        let observed = match self.runtime.observe(id).await {
+        let runtime = match self.runtime_of(sandbox) {
+            Ok(runtime) => runtime,
+            Err(err) => return err,
+        };
+        let observed = match runtime.observe(id).await {
             Ok(observed) => observed,
             Err(observe_err) => {
                 tracing::error!(sandbox_id = %id, runtime = %sandbox.runtime, error = %observe_err, "cannot observe sandbox with an unreachable agent");
@@ -149,7 +153,11 @@ impl Node {
         }
 
         // A start may have finished between the first observation and the lock.
-        match self.runtime.observe(id).await {
+        let runtime = match self.runtime_of(sandbox) {
+            Ok(runtime) => runtime,
+            Err(err) => return err,
+        };
+        match runtime.observe(id).await {
             Ok(ObservedState::Stopped) => {}
             Ok(observed) => {
                 tracing::info!(sandbox_id = %id, runtime = %sandbox.runtime, ?observed, "sandbox no longer stopped once locked; keeping its state");

@@ -14,25 +14,24 @@ impl Node {
     /// `creating`, and has the runtime create it. The template is resolved before the row is
     /// written, so an unknown template leaves nothing behind.
     pub async fn create(&self, request: CreateSandboxRequest) -> Result<Sandbox, NodeError> {
-        let params = validate::create_request(request, &self.settings, self.runtime.name())?;
+        let runtime = Arc::clone(self.runtimes.get(request.runtime.as_deref())?);
+        let params = validate::create_request(request, &self.settings)?;
 
         let template = params.template.clone();
         let progress = Arc::new(move |line: &str| {
             tracing::info!(template = %template, "{line}");
         });
-        let image = self
-            .runtime
-            .prepare_template(&params.template, progress)
-            .await?;
+        let image = runtime.prepare_template(&params.template, progress).await?;
 
         let record = new_record(
-            self.runtime.name(),
+            runtime.name(),
             params.template,
             image,
             Limits {
                 vcpus: params.vcpus,
                 memory_mb: params.memory_mb,
                 timeout: params.timeout,
+                internet: params.internet,
             },
             params.env_vars,
             params.metadata,
@@ -49,7 +48,8 @@ impl Node {
         operation: &'static str,
     ) -> Result<Sandbox, NodeError> {
         let id = record.sandbox.id.clone();
-        let runtime = self.runtime.name();
+        let backend = Arc::clone(self.runtime_of(&record.sandbox)?);
+        let runtime = backend.name();
         // Held from insertion on, so a delete or the reaper waits until the runtime is done.
         let _guard = self.lock(&id).await;
         self.store.insert_sandbox(&record).await?;
@@ -60,10 +60,11 @@ impl Node {
             vcpus: u32::try_from(record.sandbox.vcpus).expect("vcpus validated as 1..=host CPUs"),
             memory_mb: u64::try_from(record.sandbox.memory_mb)
                 .expect("memoryMB validated as positive"),
+            internet: record.sandbox.internet,
             labels: BTreeMap::new(),
         };
         let started = Instant::now();
-        let result = self.runtime.create(&spec).await;
+        let result = backend.create(&spec).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
 
         if let Err(source) = result {
@@ -72,7 +73,7 @@ impl Node {
             self.store
                 .set_state(&id, SandboxState::Error, Some(&reason))
                 .await?;
-            if let Err(err) = self.runtime.delete(&id).await {
+            if let Err(err) = backend.delete(&id).await {
                 tracing::warn!(sandbox_id = %id, runtime, error = %err, "cannot remove runtime resources of failed sandbox");
             }
             return Err(NodeError::SandboxFailed {
@@ -95,11 +96,12 @@ impl Node {
     }
 }
 
-/// Resource limits and time to live of a new sandbox.
+/// Resource limits, network access and time to live of a new sandbox.
 pub(super) struct Limits {
     pub vcpus: i64,
     pub memory_mb: i64,
     pub timeout: i64,
+    pub internet: bool,
 }
 
 /// Builds the row of a new sandbox in state `creating`, with a fresh id and its expiry time.
@@ -126,6 +128,7 @@ pub(super) fn new_record(
         created_at: timestamp::format(created_at),
         expires_at: timestamp::expiry(created_at, limits.timeout).map(timestamp::format),
         snapshot_id,
+        internet: limits.internet,
         error: None,
     };
     SandboxRecord { sandbox, image }

@@ -17,7 +17,7 @@ impl Node {
         }
         self.forget_agent(id);
 
-        if let Err(err) = self.runtime.delete(id).await {
+        if let Err(err) = self.runtime_of(&sandbox)?.delete(id).await {
             tracing::error!(sandbox_id = %id, runtime = %sandbox.runtime, error = %err, "cannot delete sandbox");
             return Err(err.into());
         }

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use gitvm_proto::{Sandbox, SandboxState};
 use gitvm_runtime::{Runtime, RuntimeError};
+
+use crate::runtimes::Runtimes;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::metrics::Metrics;
@@ -47,10 +49,10 @@ pub struct Settings {
     pub limits: HostLimits,
 }
 
-/// The node engine: the store, the runtime and the per-sandbox locks and agent connections.
+/// The node engine: the store, the runtimes and the per-sandbox locks and agent connections.
 pub struct Node {
     store: Store,
-    runtime: Arc<dyn Runtime>,
+    runtimes: Runtimes,
     settings: Settings,
     metrics: Arc<Metrics>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -58,11 +60,11 @@ pub struct Node {
 }
 
 impl Node {
-    /// Builds a node over an open store and a connected runtime.
-    pub fn new(store: Store, runtime: Arc<dyn Runtime>, settings: Settings) -> Self {
+    /// Builds a node over an open store and its runtimes.
+    pub fn new(store: Store, runtimes: Runtimes, settings: Settings) -> Self {
         Self {
             store,
-            runtime,
+            runtimes,
             settings,
             metrics: Arc::new(Metrics::default()),
             locks: Mutex::new(HashMap::new()),
@@ -75,9 +77,14 @@ impl Node {
         &self.store
     }
 
-    /// Returns the node's runtime.
-    pub fn runtime(&self) -> &dyn Runtime {
-        self.runtime.as_ref()
+    /// Returns the node's runtimes.
+    pub fn runtimes(&self) -> &Runtimes {
+        &self.runtimes
+    }
+
+    /// Returns the runtime that runs `sandbox`.
+    fn runtime_of(&self, sandbox: &Sandbox) -> Result<&Arc<dyn Runtime>, NodeError> {
+        self.runtimes.get(Some(&sandbox.runtime))
     }
 
     /// Returns the node's defaults and limits.

@@ -12,7 +12,7 @@ impl Node {
         transition::check(&sandbox, Operation::Pause)?;
 
         let started = Instant::now();
-        if let Err(err) = self.runtime.pause(id).await {
+        if let Err(err) = self.runtime_of(&sandbox)?.pause(id).await {
             return Err(self.runtime_failed(&sandbox, "pause", err).await);
         }
 

@@ -12,7 +12,7 @@ impl Node {
         transition::check(&sandbox, Operation::Resume)?;
 
         let started = Instant::now();
-        if let Err(err) = self.runtime.resume(id).await {
+        if let Err(err) = self.runtime_of(&sandbox)?.resume(id).await {
             return Err(self.runtime_failed(&sandbox, "resume", err).await);
         }
 

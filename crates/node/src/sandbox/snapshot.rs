@@ -17,7 +17,7 @@ impl Node {
 
         let snapshot_id = ids::snapshot_id();
         let started = Instant::now();
-        let info = match self.runtime.snapshot(id, &snapshot_id).await {
+        let info = match self.runtime_of(&sandbox)?.snapshot(id, &snapshot_id).await {
             Ok(info) => info,
             Err(err) => return Err(self.runtime_failed(&sandbox, "snapshot", err).await),
         };
@@ -62,7 +62,12 @@ impl Node {
             size_bytes: record.snapshot.size_bytes,
         };
 
-        match self.runtime.delete_snapshot(&info).await {
+        match self
+            .runtimes
+            .get(Some(&record.snapshot.runtime))?
+            .delete_snapshot(&info)
+            .await
+        {
             Ok(()) => {}
             Err(RuntimeError::NotFound { .. }) => {
                 tracing::info!(snapshot_id, image = %record.image, "snapshot data already gone");
@@ -85,13 +90,8 @@ impl Node {
         request: RestoreRequest,
     ) -> Result<Sandbox, NodeError> {
         let snapshot = self.snapshot_record(snapshot_id).await?;
-        let runtime = self.runtime.name();
-        if snapshot.snapshot.runtime != runtime {
-            return Err(NodeError::InvalidRequest(format!(
-                "snapshot {snapshot_id} was taken by runtime `{}`, but this node runs `{runtime}`",
-                snapshot.snapshot.runtime
-            )));
-        }
+        // The sandbox is restored by the runtime that took the snapshot.
+        let runtime = self.runtimes.get(Some(&snapshot.snapshot.runtime))?.name();
 
         // Sandbox rows are kept as tombstones after delete, so the source is always found
         // unless the database was edited by hand.
@@ -117,6 +117,7 @@ impl Node {
                 vcpus: source.vcpus,
                 memory_mb: source.memory_mb,
                 timeout,
+                internet: source.internet,
             },
             source.env_vars,
             request.metadata.unwrap_or(source.metadata),

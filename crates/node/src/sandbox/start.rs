@@ -14,7 +14,7 @@ impl Node {
         self.forget_agent(id);
 
         let started = Instant::now();
-        if let Err(err) = self.runtime.start(id).await {
+        if let Err(err) = self.runtime_of(&sandbox)?.start(id).await {
             return Err(self.runtime_failed(&sandbox, "start", err).await);
         }
 

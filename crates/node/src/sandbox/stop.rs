@@ -13,7 +13,7 @@ impl Node {
         self.forget_agent(id);
 
         let started = Instant::now();
-        if let Err(err) = self.runtime.stop(id).await {
+        if let Err(err) = self.runtime_of(&sandbox)?.stop(id).await {
             return Err(self.runtime_failed(&sandbox, "stop", err).await);
         }
 

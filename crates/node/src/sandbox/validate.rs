@@ -76,23 +76,16 @@ pub struct CreateParams {
     pub env_vars: BTreeMap<String, String>,
     /// Caller's labels.
     pub metadata: BTreeMap<String, String>,
+    /// Whether the sandbox gets outbound network access.
+    pub internet: bool,
 }
 
 /// Fills in defaults and checks every field of a create request.
 pub fn create_request(
     request: CreateSandboxRequest,
     settings: &Settings,
-    runtime_name: &str,
 ) -> Result<CreateParams, NodeError> {
     let limits = settings.limits;
-
-    if let Some(runtime) = &request.runtime {
-        if runtime != runtime_name {
-            return Err(NodeError::InvalidRequest(format!(
-                "invalid runtime `{runtime}`: this node runs `{runtime_name}` only"
-            )));
-        }
-    }
 
     let template = request
         .template
@@ -130,6 +123,7 @@ pub fn create_request(
         timeout,
         env_vars: request.env_vars,
         metadata: request.metadata,
+        internet: request.internet.unwrap_or(true),
     })
 }
 

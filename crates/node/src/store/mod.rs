@@ -160,8 +160,8 @@ impl Store {
         let sandbox = &record.sandbox;
         sqlx::query(
             "INSERT INTO sandboxes (id, template, runtime, state, vcpus, memory_mb, timeout, \
-             env_vars, metadata, image, snapshot_id, error, created_at, expires_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             env_vars, metadata, image, snapshot_id, error, created_at, expires_at, updated_at, \
+             internet) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&sandbox.id)
         .bind(&sandbox.template)
@@ -178,6 +178,7 @@ impl Store {
         .bind(&sandbox.created_at)
         .bind(&sandbox.expires_at)
         .bind(timestamp::format(timestamp::now()))
+        .bind(sandbox.internet)
         .execute(&self.pool)
         .await
         .map_err(query_error("insert sandbox"))?;
@@ -400,6 +401,9 @@ fn sandbox_from_row(row: &SqliteRow) -> Result<SandboxRecord, StoreError> {
         created_at: get_text("created_at")?,
         expires_at: get_opt("expires_at")?,
         snapshot_id: get_opt("snapshot_id")?,
+        internet: row
+            .try_get("internet")
+            .map_err(query_error("read sandbox row"))?,
         error: get_opt("error")?,
         id,
     };

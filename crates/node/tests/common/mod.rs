@@ -86,7 +86,9 @@ pub fn settings() -> Settings {
 /// Builds a node over a fresh store in `dir` and the [`DownRuntime`].
 pub async fn node(dir: &Path) -> Arc<Node> {
     let store = Store::open(dir).await.expect("open store");
-    Arc::new(Node::new(store, Arc::new(DownRuntime), settings()))
+    let mut runtimes = gitvm_node::runtimes::Runtimes::new("docker").expect("known runtime");
+    runtimes.add(Arc::new(DownRuntime));
+    Arc::new(Node::new(store, runtimes, settings()))
 }
 
 /// Builds a sandbox row in `state` with a 300 s timeout.
@@ -110,6 +112,7 @@ pub fn record(
             created_at: created_at.to_owned(),
             expires_at: expires_at.map(str::to_owned),
             snapshot_id: None,
+            internet: true,
             error: None,
         },
         image: "gitvm-base:latest".to_owned(),

@@ -280,6 +280,8 @@ impl DockerRuntime {
             ),
             // The agent is PID 1 and reaps zombies itself.
             init: Some(false),
+            // Without a network, only the loopback device exists inside.
+            network_mode: (!spec.internet).then(|| "none".to_string()),
             ..Default::default()
         };
 
