@@ -58,6 +58,15 @@ pub enum Command {
     /// Run the in-sandbox agent (PID 1 inside every sandbox; not for direct use).
     #[command(hide = true)]
     Agent(AgentArgs),
+
+    /// Relay between a microVM's agent port and the node (started by the qemu runtime).
+    #[command(hide = true, name = "qemu-relay")]
+    QemuRelay {
+        /// QEMU's virtio-serial socket.
+        qemu_socket: PathBuf,
+        /// Socket to serve the node on.
+        listen: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -44,6 +44,20 @@ fn main() -> ExitCode {
         };
     }
 
+    if let Command::QemuRelay {
+        qemu_socket,
+        listen,
+    } = cli.command
+    {
+        return match gitvm_runtime::qemu::relay::run(qemu_socket, listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("gitvm qemu-relay: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
     if !matches!(cli.command, Command::Server(_)) {
         restore_default_sigpipe();
     }
@@ -73,7 +87,9 @@ fn restore_default_sigpipe() {
 
 async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Agent(_) => unreachable!("handled before the runtime starts"),
+        Command::Agent(_) | Command::QemuRelay { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Server(command) => server::run(command).await,
         Command::Template(command) => template::run(command).await,
         Command::Vm(command) => vm::run(&cli.connection, command).await,

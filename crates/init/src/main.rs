@@ -13,7 +13,7 @@
 //!    `/.gitvm/gitvm agent --vm`, or the program named by `gitvm.init=PATH` with no arguments.
 //!
 //! Any fatal error prints `gitvm-init: <step>: <error>` on the console and powers the VM off,
-//! so the host sees QEMU exit and finds the reason at the end of the serial log.
+//! so QEMU exits and the end of the serial log gives the reason.
 
 use std::ffi::CString;
 use std::fs;
@@ -32,7 +32,7 @@ const MODULE_LIST: &str = "/etc/gitvm-modules";
 /// Block device of the root disk: the first virtio-blk device.
 const ROOT_DEVICE: &str = "/dev/vda";
 
-/// Where the root disk is mounted before it becomes `/`.
+/// Mount point of the root disk before it becomes `/`.
 const NEW_ROOT: &str = "/newroot";
 
 /// Time the root disk gets to appear after the modules are loaded.
@@ -343,8 +343,8 @@ fn console(line: &str) {
 }
 
 /// Flushes file systems and powers the VM off. If that fails (not PID 1, or no way to power
-/// off), the process exits, which as PID 1 makes the kernel panic; with `panic=-1` and QEMU's
-/// `-no-reboot` that still ends the VM.
+/// off), the process exits. As PID 1 that makes the kernel panic, and with `panic=-1` and
+/// QEMU's `-no-reboot` the VM still ends.
 fn power_off() -> ! {
     // SAFETY: sync and reboot take no pointers.
     unsafe {

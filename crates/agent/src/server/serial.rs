@@ -6,6 +6,7 @@
 //! returns end of file at once, so the agent polls for the next host at a short interval.
 
 use std::fs::OpenOptions;
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,9 @@ const PORTS_DIR: &str = "/sys/class/virtio-ports";
 
 /// Pause between looks for a host while none is connected.
 const HOST_POLL: Duration = Duration::from_millis(20);
+
+/// Pause before a write that would block is tried again without a readiness event.
+const WRITE_RETRY: Duration = Duration::from_millis(2);
 
 /// Time the kernel gets to create the port after boot.
 const PORT_WAIT: Duration = Duration::from_secs(10);
@@ -68,9 +72,18 @@ fn lookup_port(ports_dir: &Path, name: &str) -> io::Result<Option<PathBuf>> {
 }
 
 /// An open virtio-serial port; clones share the descriptor.
-#[derive(Clone)]
 pub struct SerialPort {
     fd: Arc<AsyncFd<std::fs::File>>,
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Clone for SerialPort {
+    fn clone(&self) -> Self {
+        Self {
+            fd: Arc::clone(&self.fd),
+            retry: None,
+        }
+    }
 }
 
 impl SerialPort {
@@ -89,7 +102,10 @@ impl SerialPort {
             })?;
         // SAFETY: `file` owns an open descriptor, and the AsyncFd keeps it for its lifetime.
         let fd = unsafe { AsyncFd::register(file) }.map_err(io::Error::from)?;
-        Ok(Self { fd: Arc::new(fd) })
+        Ok(Self {
+            fd: Arc::new(fd),
+            retry: None,
+        })
     }
 }
 
@@ -114,19 +130,58 @@ impl AsyncRead for SerialPort {
     }
 }
 
+impl SerialPort {
+    /// Runs `write` once the port is writable. The virtio console driver does not always
+    /// signal that the host consumed earlier output, so a write that would block is also tried
+    /// again after [`WRITE_RETRY`].
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&std::fs::File) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if let Poll::Ready(ready) = self.fd.poll_write_ready(cx) {
+                let mut guard = ready?;
+                match guard.try_io(|fd| write(fd.get_ref())) {
+                    Ok(result) => {
+                        self.retry = None;
+                        return Poll::Ready(result);
+                    }
+                    Err(_would_block) => continue,
+                }
+            }
+            let retry = self
+                .retry
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_RETRY)));
+            ready!(retry.as_mut().poll(cx));
+            self.retry = None;
+            match write(self.fd.get_ref()) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
 impl AsyncWrite for SerialPort {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| fd.get_ref().write(data)) {
-                Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => continue,
-            }
-        }
+        self.poll_write_with(cx, |mut file| file.write(data))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_with(cx, |mut file| file.write_vectored(buffers))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -27,7 +27,8 @@ use sha2::{Digest, Sha256};
 use super::kernel::Kernel;
 use crate::RuntimeError;
 
-/// File that lists the modules for `gitvm-init`; `crates/init` reads the same path.
+/// Archive path (cpio names have no leading `/`) of the module list that `gitvm-init` reads as
+/// `/etc/gitvm-modules`. The init crate defines the same path.
 pub const MODULE_LIST_PATH: &str = "etc/gitvm-modules";
 
 /// Modules the guest needs, with whether booting without them is an error. Their dependencies
@@ -55,7 +56,7 @@ enum Requirement {
 ///
 /// The archive is an uncompressed newc cpio. The hash covers the layout version, the kernel
 /// release, the init binary and the name and contents of every module, in load order, so any
-/// change to them gives a new file. With `kernel.modules_dir` set to `None`, the archive holds
+/// change to them gives a new file. With `kernel.modules_dir` set to `None`, the archive contains
 /// no modules and the kernel must have the virtio drivers built in. The file is written to a
 /// temporary name and renamed, so readers never see a partial archive.
 pub fn build_initramfs(
@@ -82,6 +83,8 @@ pub fn build_initramfs(
     }
     let key = hex::encode(&hasher.finalize()[..16]);
 
+    // NOTE: archives of older init binaries or kernels stay in this directory until someone
+    // deletes them; each is a few MB.
     let out_dir = cache_dir.join("initramfs");
     let out_path = out_dir.join(format!("{key}.cpio"));
     if out_path.is_file() {
@@ -139,37 +142,50 @@ fn read_init_binary(path: &Path) -> Result<Vec<u8>, RuntimeError> {
     Ok(contents)
 }
 
-fn invalid_init(path: &Path, why: &str) -> RuntimeError {
+fn invalid_init(path: &Path, reason: &str) -> RuntimeError {
     RuntimeError::Unavailable {
         runtime: "qemu",
         reason: format!(
-            "init binary {} cannot be the initramfs /init: {why}",
+            "init binary {} cannot be the initramfs /init: {reason}",
             path.display()
         ),
     }
 }
 
-/// Whether a 64-bit little-endian ELF file has a `PT_INTERP` program header.
+/// Checks whether a 64-bit little-endian ELF file has a `PT_INTERP` program header, which
+/// makes it a dynamically linked executable.
 fn elf_has_interpreter(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
-    let read_u16 = |at: usize| {
-        elf.get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let read_u64 = |at: usize| {
-        elf.get(at..at + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("slice of 8 bytes")))
-    };
-    let (Some(phoff), Some(phentsize), Some(phnum)) =
-        (read_u64(0x20), read_u16(0x36), read_u16(0x38))
+    let (Some(headers), Some(entry_size), Some(count)) =
+        (le_u64(elf, 0x20), le_u16(elf, 0x36), le_u16(elf, 0x38))
     else {
         return false;
     };
-    (0..usize::from(phnum)).any(|index| {
-        let at = usize::try_from(phoff).unwrap_or(usize::MAX) + index * usize::from(phentsize);
-        elf.get(at..at + 4)
-            .is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == PT_INTERP)
+    (0..usize::from(count)).any(|index| {
+        let at = usize::try_from(headers)
+            .ok()
+            .and_then(|start| start.checked_add(index.checked_mul(usize::from(entry_size))?));
+        at.and_then(|at| le_u32(elf, at)) == Some(PT_INTERP)
     })
+}
+
+/// Reads a little-endian integer at byte offset `at`, `None` past the end of `data`.
+fn le_u16(data: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        data.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+fn le_u32(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        data.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn le_u64(data: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        data.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// Returns [`GUEST_MODULES`] and their dependencies, dependencies first, read from
@@ -206,7 +222,7 @@ fn resolve_modules(modules_dir: &Path, release: &str) -> Result<Vec<ModuleImage>
     Ok(resolver.order)
 }
 
-/// What a modules directory offers: where each module is and what it depends on.
+/// Index of a modules directory: module paths, dependencies and built-in modules.
 struct ModuleIndex {
     dir: PathBuf,
     /// Module name to path relative to `dir`.
@@ -472,32 +488,29 @@ fn modinfo_entries(elf: &[u8]) -> Vec<(&str, &str)> {
 }
 
 /// Finds a section by name in a 64-bit little-endian ELF file.
-fn elf_section<'a>(elf: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
-    let u16_at = |at: usize| Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?));
-    let u32_at = |at: usize| Some(u32::from_le_bytes(elf.get(at..at + 4)?.try_into().ok()?));
-    let u64_at = |at: usize| Some(u64::from_le_bytes(elf.get(at..at + 8)?.try_into().ok()?));
+fn elf_section<'a>(elf: &'a [u8], section_name: &str) -> Option<&'a [u8]> {
     // e_ident[EI_CLASS] = ELFCLASS64, e_ident[EI_DATA] = ELFDATA2LSB.
     if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
         return None;
     }
-    let section_headers = usize::try_from(u64_at(0x28)?).ok()?;
-    let entry_size = usize::from(u16_at(0x3a)?);
-    let count = usize::from(u16_at(0x3c)?);
-    let names_index = usize::from(u16_at(0x3e)?);
+    let section_headers = usize::try_from(le_u64(elf, 0x28)?).ok()?;
+    let entry_size = usize::from(le_u16(elf, 0x3a)?);
+    let count = usize::from(le_u16(elf, 0x3c)?);
+    let names_index = usize::from(le_u16(elf, 0x3e)?);
 
     // Section header fields: sh_name at 0, sh_offset at 24, sh_size at 32.
     let header = |index: usize| section_headers.checked_add(index.checked_mul(entry_size)?);
     let contents = |index: usize| -> Option<&'a [u8]> {
         let at = header(index)?;
-        let offset = usize::try_from(u64_at(at + 24)?).ok()?;
-        let size = usize::try_from(u64_at(at + 32)?).ok()?;
+        let offset = usize::try_from(le_u64(elf, at.checked_add(24)?)?).ok()?;
+        let size = usize::try_from(le_u64(elf, at.checked_add(32)?)?).ok()?;
         elf.get(offset..offset.checked_add(size)?)
     };
     let names = contents(names_index)?;
     (0..count).find_map(|index| {
-        let name_offset = usize::try_from(u32_at(header(index)?)?).ok()?;
+        let name_offset = usize::try_from(le_u32(elf, header(index)?)?).ok()?;
         let name = names.get(name_offset..)?.split(|&byte| byte == 0).next()?;
-        (name == wanted.as_bytes())
+        (name == section_name.as_bytes())
             .then(|| contents(index))
             .flatten()
     })
@@ -564,15 +577,17 @@ fn write_entry(
     Ok(())
 }
 
-fn io_error(what: &str, path: &Path, source: io::Error) -> RuntimeError {
+fn io_error(action: &str, path: &Path, source: io::Error) -> RuntimeError {
     RuntimeError::Io {
-        context: format!("{what} {}", path.display()),
+        context: format!("{action} {}", path.display()),
         source,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Seek;
+
     use super::*;
 
     #[test]
@@ -588,5 +603,158 @@ mod tests {
         assert_eq!(module_name("virtio_ring").as_deref(), Some("virtio_ring"));
         assert_eq!(module_name("kernel/drivers/virtio/modules.order"), None);
         assert_eq!(module_name(""), None);
+    }
+
+    /// Writes a fake module: just the ELF magic, which is all the resolver checks when the
+    /// dependencies come from modules.dep.
+    fn fake_module(dir: &Path, relative: &str) {
+        let path = dir.join(relative);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, b"\x7fELF").unwrap();
+    }
+
+    fn fake_modules_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = [
+            "kernel/drivers/virtio/virtio_ring.ko",
+            "kernel/drivers/virtio/virtio.ko",
+            "kernel/drivers/virtio/virtio_mmio.ko",
+            "kernel/drivers/block/virtio_blk.ko",
+            "kernel/drivers/net/virtio_net.ko",
+            "kernel/drivers/net/net_failover.ko",
+            "kernel/net/core/failover.ko",
+            "kernel/net/vmw_vsock/vsock.ko",
+            "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko",
+            "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko",
+        ];
+        for module in modules {
+            fake_module(dir.path(), module);
+        }
+        fs::write(
+            dir.path().join("modules.dep"),
+            "\
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio.ko:
+kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+kernel/net/vmw_vsock/vsock.ko:
+kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko: kernel/net/vmw_vsock/vsock.ko
+kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko kernel/net/vmw_vsock/vsock.ko
+",
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("modules.builtin"),
+            "kernel/drivers/char/virtio_console.ko\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn modules_dep_gives_load_order() {
+        let dir = fake_modules_dir();
+        let names: Vec<String> = resolve_modules(dir.path(), "6.1.0-1-test")
+            .unwrap()
+            .into_iter()
+            .map(|module| module.name)
+            .collect();
+        // virtio_console is built in and virtio_rng is optional and absent, so neither appears.
+        assert_eq!(
+            names,
+            [
+                "virtio",
+                "virtio_ring",
+                "virtio_mmio",
+                "virtio_blk",
+                "failover",
+                "net_failover",
+                "virtio_net",
+                "vsock",
+                "vmw_vsock_virtio_transport_common",
+                "vmw_vsock_virtio_transport",
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_required_module_is_an_error() {
+        let dir = fake_modules_dir();
+        fs::write(dir.path().join("modules.builtin"), "").unwrap();
+        let err = resolve_modules(dir.path(), "6.1.0-1-test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("virtio_console"), "{err}");
+    }
+
+    #[test]
+    fn interpreter_check_handles_bad_headers() {
+        assert!(!elf_has_interpreter(b"\x7fELF"));
+
+        let mut header = vec![0u8; 64];
+        header[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        header[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        header[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        assert!(!elf_has_interpreter(&header));
+
+        // Debian's /bin/sh is dynamically linked.
+        if let Ok(shell) = fs::read("/bin/sh") {
+            assert!(elf_has_interpreter(&shell));
+        }
+    }
+
+    #[test]
+    fn init_binary_must_be_elf() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("init");
+        fs::write(&script, "#!/bin/sh\n").unwrap();
+        let err = read_init_binary(&script).unwrap_err().to_string();
+        assert!(err.contains("not an ELF executable"), "{err}");
+    }
+
+    #[test]
+    fn archive_without_modules_has_console_and_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = fs::read(std::env::current_exe().unwrap()).unwrap();
+        let mut file = tempfile::tempfile_in(dir.path()).unwrap();
+        write_archive(&mut file, &init, &[]).unwrap();
+
+        file.rewind().unwrap();
+        let mut reader: Box<dyn Read> = Box::new(file);
+        let mut entries = Vec::new();
+        loop {
+            let entry = cpio::newc::Reader::new(reader).unwrap();
+            if entry.entry().is_trailer() {
+                break;
+            }
+            let meta = entry.entry();
+            entries.push((
+                meta.name().to_string(),
+                meta.mode(),
+                meta.rdev_major(),
+                meta.rdev_minor(),
+                meta.file_size(),
+            ));
+            reader = Box::new(entry.finish().unwrap());
+        }
+        let find = |name: &str| entries.iter().find(|e| e.0 == name).cloned();
+        assert_eq!(
+            find("dev/console"),
+            Some(("dev/console".into(), 0o020_600, 5, 1, 0))
+        );
+        assert_eq!(
+            find("init"),
+            Some(("init".into(), 0o100_755, 0, 0, init.len() as u32))
+        );
+        assert_eq!(
+            find(MODULE_LIST_PATH),
+            Some((MODULE_LIST_PATH.into(), 0o100_644, 0, 0, 0))
+        );
+        for dir in ["dev", "proc", "sys", "newroot"] {
+            assert_eq!(find(dir).map(|e| e.1), Some(0o040_755), "{dir}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! How [`debian_cloud_kernel`] gets a kernel:
 //!
-//! 1. If `<cache_dir>/kernels/` already holds a kernel, the newest one is returned and the
+//! 1. If `<cache_dir>/kernels/` already contains a kernel, the newest one is returned and the
 //!    network is not used. That pins the kernel: delete the directory to pick up a newer one.
 //! 2. Otherwise it takes an exclusive `flock` on `<cache_dir>/kernels/.lock`, so concurrent
 //!    processes download once, and checks the cache again.
@@ -44,7 +44,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed between two reads from the mirror before the download counts as stalled.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Prefixes of the temporary entries in the kernels directory; lookups skip names starting
+/// Prefixes of the temporary entries in the kernels directory. Lookups skip names starting
 /// with a dot, and a process holding the lock removes leftovers of interrupted runs.
 const DOWNLOAD_PREFIX: &str = ".download-";
 const UNPACK_PREFIX: &str = ".unpack-";
@@ -65,7 +65,7 @@ pub struct Kernel {
 /// `<cache_dir>/kernels/<release>/`.
 ///
 /// Later calls return the cached kernel without network access, and so does any call once
-/// `<cache_dir>/kernels/` holds a kernel: the newest cached release wins. `mirror` is the
+/// `<cache_dir>/kernels/` contains a kernel: the newest cached release wins. `mirror` is the
 /// archive root, such as `http://deb.debian.org/debian` (plain HTTP; the SHA-256 from the
 /// index protects the download). Extraction needs `dpkg-deb` on the host.
 pub async fn debian_cloud_kernel(
@@ -136,9 +136,10 @@ pub async fn debian_cloud_kernel(
     Ok(kernel)
 }
 
-/// A user-supplied kernel image, with an optional modules directory (`lib/modules/<release>`).
+/// Checks a user-supplied kernel image, with an optional modules directory
+/// (`lib/modules/<release>`), and reads its release.
 ///
-/// The release comes from the version string in the bzImage header; for other image formats it
+/// The release comes from the version string in the bzImage header. For other image formats it
 /// falls back to the modules directory's name, then to the part of the file name after
 /// `vmlinuz-`, then to `unknown`. A modules directory must exist; without `modules.dep` the
 /// initramfs builder reads dependencies from the modules themselves.
@@ -243,7 +244,7 @@ fn measure_tsc_khz() -> Option<u64> {
     None
 }
 
-/// Reads the TSC and `CLOCK_MONOTONIC_RAW` together; the TSC value is the midpoint of two reads
+/// Reads the TSC and `CLOCK_MONOTONIC_RAW` together. The TSC value is the midpoint of two reads
 /// around the clock call, which halves the error when the thread is preempted in between.
 #[cfg(target_arch = "x86_64")]
 fn tsc_and_monotonic_ns() -> Option<(u64, u64)> {
@@ -536,8 +537,8 @@ fn install_deb(
         )));
     }
 
-    // An entry without a kernel image is not a valid cache entry (lookups skip it), so it can
-    // only be the rest of a manual change; replace it.
+    // Lookups skip an entry without a kernel image, so one here is the rest of a manual change
+    // and can be replaced.
     if target.exists() {
         tracing::warn!(path = %target.display(), "replacing an incomplete kernel cache entry");
         fs::remove_dir_all(target).map_err(|source| RuntimeError::Io {
@@ -740,7 +741,16 @@ fn kernel_dependency(depends: &str) -> Option<(String, Option<String>)> {
                 .map(|v| v.trim().to_string());
             (name.to_string(), version)
         })
-        .filter(|(name, _)| name.len() > IMAGE_PREFIX.len() && !name.contains('/'))
+        // The release names a cache directory, so it must be a plain file name; Debian package
+        // names use only these characters.
+        .filter(|(name, _)| {
+            let release = &name[IMAGE_PREFIX.len()..];
+            !release.is_empty()
+                && !release.starts_with('.')
+                && release
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-'))
+        })
 }
 
 /// Compares two Debian versions (`[epoch:]upstream[-revision]`) as dpkg does.
@@ -763,9 +773,9 @@ fn compare_debian_versions(a: &str, b: &str) -> Ordering {
         .then_with(|| compare_version_part(revision_a, revision_b))
 }
 
-/// Compares one part of a Debian version with dpkg's algorithm: runs of non-digits compare
+/// Compares one part of a Debian version with dpkg's algorithm. Runs of non-digits compare
 /// character by character, with `~` before everything (even the end) and letters before other
-/// characters; runs of digits compare numerically.
+/// characters. Runs of digits compare numerically.
 fn compare_version_part(a: &str, b: &str) -> Ordering {
     fn weight(byte: Option<u8>) -> i32 {
         match byte {
@@ -885,6 +895,17 @@ SHA256: 00
     }
 
     #[test]
+    fn kernel_dependency_rejects_unsafe_release() {
+        assert_eq!(kernel_dependency("linux-image-.. (= 1)"), None);
+        assert_eq!(kernel_dependency("linux-image-a/b"), None);
+        assert_eq!(kernel_dependency("kmod, linux-base"), None);
+        assert_eq!(
+            kernel_dependency("kmod, linux-image-6.1.0-9-cloud-amd64 (>= 6.1)"),
+            Some(("linux-image-6.1.0-9-cloud-amd64".to_string(), None))
+        );
+    }
+
+    #[test]
     fn versioned_package_with_other_version_is_not_found() {
         assert_eq!(
             newest_package(INDEX, "linux-image-6.1.0-50-cloud-amd64", Some("6.1.177-1")),
@@ -984,6 +1005,102 @@ SHA256: 00
         let kernel = newest_cached_kernel(dir.path()).unwrap().unwrap();
         assert_eq!(kernel.release, "6.1.0-28-cloud-amd64");
         assert_eq!(kernel.modules_dir, None);
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    fn silent() -> Progress {
+        std::sync::Arc::new(|_: &str| {})
+    }
+
+    /// Port 1 on loopback has no listener, so any request to this mirror fails at once.
+    const DEAD_MIRROR: &str = "http://127.0.0.1:1/debian";
+
+    #[test]
+    fn cached_kernel_is_used_without_network() {
+        let cache = tempfile::tempdir().unwrap();
+        let release = "6.1.0-28-cloud-amd64";
+        let entry = cache.path().join("kernels").join(release);
+        fs::create_dir_all(entry.join("boot")).unwrap();
+        fs::create_dir_all(entry.join("lib/modules").join(release)).unwrap();
+        fs::write(entry.join(format!("boot/vmlinuz-{release}")), b"x").unwrap();
+
+        let kernel = block_on(debian_cloud_kernel(
+            cache.path(),
+            DEAD_MIRROR,
+            "bookworm",
+            silent(),
+        ))
+        .unwrap();
+        assert_eq!(kernel.release, release);
+        assert_eq!(
+            kernel.vmlinuz,
+            entry.join(format!("boot/vmlinuz-{release}"))
+        );
+        assert_eq!(
+            kernel.modules_dir,
+            Some(entry.join("lib/modules").join(release))
+        );
+    }
+
+    #[test]
+    fn unreachable_mirror_error_names_url_and_flag() {
+        let cache = tempfile::tempdir().unwrap();
+        let err = block_on(debian_cloud_kernel(
+            cache.path(),
+            DEAD_MIRROR,
+            "bookworm",
+            silent(),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("http://127.0.0.1:1/debian/dists/bookworm/main/binary-amd64/Packages.gz"),
+            "{err}"
+        );
+        assert!(err.contains("--qemu-kernel PATH"), "{err}");
+    }
+
+    #[test]
+    fn user_kernel_release_falls_back_to_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("vmlinuz-6.6.0-custom");
+        fs::write(&image, b"not a bzImage").unwrap();
+        let modules = dir.path().join("lib/modules/6.6.0-mods");
+        fs::create_dir_all(&modules).unwrap();
+
+        let kernel = user_kernel(&image, None).unwrap();
+        assert_eq!(kernel.release, "6.6.0-custom");
+        assert_eq!(kernel.modules_dir, None);
+
+        let kernel = user_kernel(&image, Some(&modules)).unwrap();
+        assert_eq!(kernel.release, "6.6.0-mods");
+        assert_eq!(kernel.modules_dir, Some(modules));
+    }
+
+    #[test]
+    fn user_kernel_rejects_missing_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = user_kernel(&dir.path().join("nope"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nope") && err.contains("--qemu-kernel"),
+            "{err}"
+        );
+
+        let image = dir.path().join("vmlinuz");
+        fs::write(&image, b"x").unwrap();
+        let err = user_kernel(&image, Some(&dir.path().join("missing-modules")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing-modules"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - `machine.json`: the [`Machine`] settings, so that a restarted node can start it again;
 //! - `disk.qcow2`: the root disk, a copy-on-write overlay over the template's cached ext4 image;
 //! - `qmp.sock`, `agent.sock`: QEMU's control socket and the agent's virtio-serial port;
+//! - `relay.sock`: where the node reaches the agent, through the relay of [`super::relay`];
 //! - `console.log`: the serial console, which shows kernel and agent messages;
 //! - `qemu.pid`: the pid of the QEMU process, which runs detached from the node.
 
@@ -162,12 +163,13 @@ impl Machine {
 /// leaves it running; errors before that come back with QEMU's message.
 pub async fn spawn(
     qemu: &Path,
+    relay_bin: &Path,
     machine: &Machine,
     name: &str,
     dir: &Path,
     incoming: bool,
 ) -> Result<(), RuntimeError> {
-    for stale in ["qmp.sock", "agent.sock", "qemu.pid"] {
+    for stale in ["qmp.sock", "agent.sock", "relay.sock", "qemu.pid"] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
     let output = tokio::process::Command::new(qemu)
@@ -194,7 +196,7 @@ pub async fn spawn(
             ),
         });
     }
-    Ok(())
+    super::relay::spawn(relay_bin, dir)
 }
 
 /// Returns the pid of the running QEMU of `dir`, or `None` when it is not running. A pid

@@ -19,6 +19,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod machine;
 pub mod qmp;
+pub mod relay;
 
 mod accel;
 mod files;
@@ -321,7 +322,15 @@ impl QemuRuntime {
         machine: &Machine,
         dir: &Path,
     ) -> Result<(), RuntimeError> {
-        machine::spawn(&self.config.qemu_bin, machine, id, dir, false).await?;
+        machine::spawn(
+            &self.config.qemu_bin,
+            &self.config.agent_bin,
+            machine,
+            id,
+            dir,
+            false,
+        )
+        .await?;
         let client = self.wait_ready(id, dir).await?;
         *self.agent_slot(id).lock().await = Some(client);
         Ok(())
@@ -332,7 +341,7 @@ impl QemuRuntime {
     async fn wait_ready(&self, id: &str, dir: &Path) -> Result<AgentClient, RuntimeError> {
         let limit = self.config.ready_timeout;
         let deadline = tokio::time::Instant::now() + limit;
-        let socket = dir.join("agent.sock");
+        let socket = dir.join("relay.sock");
         let failure = loop {
             if machine::running_pid(dir, id).is_none() {
                 break "QEMU exited".to_owned();
@@ -512,7 +521,7 @@ impl Runtime for QemuRuntime {
         }
         let client = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            AgentClient::connect_unix(&dir.join("agent.sock")),
+            AgentClient::connect_unix(&dir.join("relay.sock")),
         )
         .await
         .map_err(|_| RuntimeError::AgentNotReady {

@@ -138,7 +138,15 @@ impl QemuRuntime {
         }
 
         let started = Instant::now();
-        machine::spawn(&self.config.qemu_bin, &machine, &spec.id, &dir, true).await?;
+        machine::spawn(
+            &self.config.qemu_bin,
+            &self.config.agent_bin,
+            &machine,
+            &spec.id,
+            &dir,
+            true,
+        )
+        .await?;
         let loaded = async {
             let mut qmp = Qmp::connect(&dir.join("qmp.sock")).await?;
             let uri = format!("exec:cat {}", shell_quote(&memory.display().to_string()));
