@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian machine for gitvm: installs Docker, debootstrap and tmux when missing, starts
-# dockerd when it is not running, and builds the `gitvm` binary. Safe to run again.
+# Prepares a fresh Debian machine for gitvm: installs Docker, debootstrap, QEMU and tmux when
+# missing, starts dockerd when it is not running, and builds the `gitvm` and `gitvm-init` binaries.
+# Safe to run again.
 # Usage: scripts/setup.sh [release|debug]   (default: release)
 set -euo pipefail
 
@@ -14,14 +15,26 @@ command -v dockerd >/dev/null 2>&1 || need_packages+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need_packages+=(debootstrap)
 # The terminal tests drive `gitvm vm shell` inside tmux.
 command -v tmux >/dev/null 2>&1 || need_packages+=(tmux)
-if [ "${#need_packages[@]}" -gt 0 ]; then
+# The qemu runtime: the emulator, qemu-img for disk overlays, mkfs.ext4 for root disks, and
+# dpkg-deb to unpack Debian's kernel package.
+# Their recommended packages (firmware images, GUI parts) are not needed.
+qemu_packages=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || qemu_packages+=(qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || qemu_packages+=(qemu-utils)
+command -v mkfs.ext4 >/dev/null 2>&1 || qemu_packages+=(e2fsprogs)
+if [ "$(( ${#need_packages[@]} + ${#qemu_packages[@]} ))" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "error: missing ${need_packages[*]}; run this script as root or install them with apt-get" >&2
+    echo "error: missing ${need_packages[*]} ${qemu_packages[*]}; run this script as root or install them with apt-get" >&2
     exit 1
   fi
-  log "installing ${need_packages[*]}"
+  log "installing ${need_packages[*]} ${qemu_packages[*]}"
   apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_packages[@]}"
+  if [ "${#need_packages[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_packages[@]}"
+  fi
+  if [ "${#qemu_packages[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${qemu_packages[@]}"
+  fi
 fi
 
 if ! docker info >/dev/null 2>&1; then
@@ -45,7 +58,7 @@ log "docker $(docker version --format '{{.Server.Version}}') is running"
 
 log "building gitvm ($profile)"
 if [ "$profile" = release ]; then
-  cargo build --release --locked --bin gitvm
+  cargo build --release --locked --bin gitvm --bin gitvm-init
 else
-  cargo build --locked --bin gitvm
+  cargo build --locked --bin gitvm --bin gitvm-init
 fi

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{api_error, containers_labelled, Server};
+use common::{api_error, containers_labelled, read_to_vec, Server};
 use gitvm_sdk::{CreateSandboxRequest, ExecRequest, ListFilter, SandboxState};
 
 fn exec_request(command: &str) -> ExecRequest {
@@ -13,16 +13,6 @@ fn exec_request(command: &str) -> ExecRequest {
         command: command.into(),
         ..Default::default()
     }
-}
-
-async fn read_to_vec(server: &Server, id: &str, path: &str) -> Vec<u8> {
-    use futures_util::StreamExt;
-    let mut stream = server.client.read_file(id, path).await.unwrap();
-    let mut data = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        data.extend_from_slice(&chunk.unwrap());
-    }
-    data
 }
 
 #[tokio::test]

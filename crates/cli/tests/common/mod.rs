@@ -10,6 +10,16 @@ use std::time::Duration;
 
 use gitvm_sdk::{Client, CreateSandboxRequest, ExecRequest, ExecResult, Sandbox};
 
+/// Cache of guest kernels and root disks shared by the tests of one checkout:
+/// `GITVM_TEST_CACHE`, or `target/gitvm-test-cache`.
+pub fn test_cache_dir() -> PathBuf {
+    std::env::var_os("GITVM_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/gitvm-test-cache")
+        })
+}
+
 /// Path of the `gitvm` binary under test.
 pub fn gitvm_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gitvm"))
@@ -27,6 +37,8 @@ pub struct Server {
     pub api_key: Option<String>,
     /// SDK client bound to this server.
     pub client: Client,
+    /// Extra `server start` arguments, reused by [`Server::restart`].
+    extra: Vec<String>,
 }
 
 impl Server {
@@ -99,7 +111,24 @@ impl Server {
             _temp: None,
             api_key,
             client,
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
         }
+    }
+
+    /// Starts a server whose default runtime is qemu, under TCG, with the test cache of
+    /// kernels and root disks that every test shares.
+    pub fn start_qemu(extra: &[&str]) -> Server {
+        let cache = test_cache_dir();
+        let mut args = vec![
+            "--default-runtime",
+            "qemu",
+            "--qemu-accel",
+            "tcg",
+            "--cache-dir",
+            cache.to_str().expect("UTF-8 cache path"),
+        ];
+        args.extend_from_slice(extra);
+        Self::start_with(&args)
     }
 
     /// Kills the server with SIGKILL, leaving its sandboxes running.
@@ -113,11 +142,7 @@ impl Server {
     /// Starts the server again on the same data directory, after [`Server::kill9`].
     pub fn restart(&mut self) {
         self.kill9();
-        let extra: Vec<String> = match &self.api_key {
-            Some(key) => vec!["--api-key".into(), key.clone()],
-            None => Vec::new(),
-        };
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         let fresh = Self::spawn(&self.data_dir, &extra);
         self.url = fresh.url.clone();
         self.client = fresh.client.clone();
@@ -243,8 +268,16 @@ pub fn containers_labelled(sandbox_id: &str) -> Vec<String> {
 
 /// Returns the status and API error code of an SDK error; panics on any other result.
 pub fn api_error(result: Result<impl std::fmt::Debug, gitvm_sdk::Error>) -> (u16, String) {
+    let (status, code, _) = api_error_message(result);
+    (status, code)
+}
+
+/// Returns the status, code and message of an API error; panics on success or another error.
+pub fn api_error_message(
+    result: Result<impl std::fmt::Debug, gitvm_sdk::Error>,
+) -> (u16, String, String) {
     match result {
-        Err(gitvm_sdk::Error::Api { status, body }) => (status, body.code),
+        Err(gitvm_sdk::Error::Api { status, body }) => (status, body.code, body.message),
         other => panic!("expected an API error, got {other:?}"),
     }
 }
@@ -305,4 +338,15 @@ impl EventReader {
             other => panic!("expected a stdout chunk, got {other:?}"),
         }
     }
+}
+
+/// Reads a whole file out of sandbox `id`.
+pub async fn read_to_vec(server: &Server, id: &str, path: &str) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let mut stream = server.client.read_file(id, path).await.unwrap();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        data.extend_from_slice(&chunk.unwrap());
+    }
+    data
 }
