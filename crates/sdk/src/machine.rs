@@ -82,9 +82,15 @@ impl SandboxBuilder {
         self
     }
 
-    /// Sets the runtime backend, such as `docker`.
+    /// Sets the runtime backend: `docker` for a container, `qemu` for a microVM.
     pub fn runtime(mut self, runtime: impl Into<String>) -> Self {
         self.request.runtime = Some(runtime.into());
+        self
+    }
+
+    /// Sets outbound network access; `false` leaves only the loopback device.
+    pub fn internet(mut self, internet: bool) -> Self {
+        self.request.internet = Some(internet);
         self
     }
 
