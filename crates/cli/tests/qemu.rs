@@ -239,7 +239,7 @@ async fn c10_snapshot_under_write_load_restores_a_consistent_state() {
     let server = Server::start_qemu(&[]);
     let id = create(&server, false).await.id;
     // Each round replaces /root/cur atomically and appends the same number to /root/all.
-    let writer = "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /root/tmp; mv /root/tmp /root/cur; echo $i >> /root/all; done' >/dev/null 2>&1 &";
+    let writer = "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /root/tmp; mv /root/tmp /root/cur; echo $i >> /root/all; done' >/dev/null 2>&1 & echo $! > /root/writer.pid";
     server.exec(&id, writer).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -256,9 +256,10 @@ async fn c10_snapshot_under_write_load_restores_a_consistent_state() {
         .await
         .unwrap();
     // Stop the writer in the copy, then compare its two files.
-    server
-        .exec(&restored.id, "pkill -f 'mv /root/tmp' ; pkill sh; sync")
+    let stopped = server
+        .exec(&restored.id, "kill $(cat /root/writer.pid) && sleep 0.5")
         .await;
+    assert_eq!(stopped.exit_code, 0, "{stopped:?}");
     let check = server
         .exec(
             &restored.id,

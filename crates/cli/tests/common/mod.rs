@@ -119,7 +119,10 @@ impl Server {
     /// kernels and root disks that every test shares.
     pub fn start_qemu(extra: &[&str]) -> Server {
         let cache = test_cache_dir();
+        // Several TCG guests boot at once on the test machine, each slower than alone.
         let mut args = vec![
+            "--ready-timeout",
+            "120",
             "--default-runtime",
             "qemu",
             "--qemu-accel",
