@@ -43,4 +43,4 @@ export GITVM_SERVER
 unset GITVM_API_KEY
 
 echo "==> cargo test (documentation examples use $GITVM_SERVER)" >&2
-cargo test --locked --workspace -- --test-threads="${GITVM_TEST_THREADS:-4}"
+cargo test --locked --workspace --no-fail-fast -- --test-threads="${GITVM_TEST_THREADS:-4}"

@@ -342,6 +342,27 @@ mod tests {
         assert_eq!(&pending[HTTP2_PREFACE.len()..], b"frame");
     }
 
+    /// An agent still serving an old session swallows the first hello, as HTTP/2 would; the
+    /// host's zero fill and newer hello get through.
+    #[tokio::test]
+    async fn host_retries_when_first_hello_is_lost() {
+        let (host, mut agent) = duplex(256 * 1024);
+        let agent_task = tokio::spawn(async move {
+            let mut swallowed = Vec::new();
+            while !swallowed.ends_with(b"\n") {
+                swallowed.push(agent.read_u8().await.unwrap());
+            }
+            let mut agent = server_handshake(agent).await.unwrap();
+            let mut preface = [0u8; HTTP2_PREFACE.len()];
+            agent.read_exact(&mut preface).await.unwrap();
+            preface
+        });
+
+        let mut host = client_handshake(host).await.unwrap();
+        host.write_all(HTTP2_PREFACE).await.unwrap();
+        assert_eq!(&agent_task.await.unwrap()[..], HTTP2_PREFACE);
+    }
+
     #[tokio::test]
     async fn client_handshake_fails_on_closed_stream() {
         let (host, agent) = duplex(1024);

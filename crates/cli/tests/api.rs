@@ -28,11 +28,12 @@ async fn raw(
 }
 
 #[tokio::test]
-async fn health_reports_docker_runtime() {
+async fn health_reports_docker_and_qemu_runtimes() {
+    // scripts/setup.sh installs QEMU, so both runtimes work on a test machine.
     let server = Server::start();
     let health = server.client.health().await.unwrap();
     assert_eq!(health.status, "ok");
-    assert_eq!(health.runtimes, vec!["docker".to_string()]);
+    assert_eq!(health.runtimes, ["docker", "qemu"]);
 }
 
 #[tokio::test]

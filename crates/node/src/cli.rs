@@ -101,8 +101,13 @@ impl ServeArgs {
 
 /// Sends logs to stderr, filtered by `RUST_LOG` (default `info`), in colour on a terminal only.
 pub fn init_logging() {
+    init_logging_at("info");
+}
+
+/// Sends logs to stderr like [`init_logging`], at `default_level` when `RUST_LOG` is unset.
+pub fn init_logging_at(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

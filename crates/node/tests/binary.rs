@@ -12,6 +12,8 @@ fn gitvm_node_serves_health() {
         .args(["--port", "0", "--data-dir"])
         .arg(data_dir.path())
         .args(["--agent-bin", agent_bin])
+        // Without QEMU the node runs Docker alone.
+        .args(["--qemu-bin", "/nonexistent/qemu-system-x86_64"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -145,6 +145,8 @@ impl Machine {
             "-daemonize".into(),
         ];
         if self.internet {
+            // NOTE: QEMU's user-mode network forwards the guest's 10.0.2.2 to the host's
+            // 127.0.0.1, so the guest reaches services that listen on the host's loopback.
             args.extend([
                 "-netdev".into(),
                 "user,id=net0".into(),

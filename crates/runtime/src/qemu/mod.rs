@@ -221,29 +221,7 @@ impl QemuRuntime {
     /// Returns the kernel and initramfs, fetching and building them on first use.
     async fn boot_files(&self, progress: Progress) -> Result<&BootFiles, RuntimeError> {
         self.boot
-            .get_or_try_init(|| async {
-                let kernel = match &self.config.kernel {
-                    KernelSource::Debian { mirror, suite } => {
-                        kernel::debian_cloud_kernel(&self.config.cache_dir, mirror, suite, progress)
-                            .await?
-                    }
-                    KernelSource::Path { kernel, modules } => {
-                        kernel::user_kernel(kernel, modules.as_deref())?
-                    }
-                };
-                let cache = self.config.cache_dir.clone();
-                let init = self.config.init_bin.clone();
-                let vmlinuz = kernel.vmlinuz.clone();
-                let initramfs = tokio::task::spawn_blocking(move || {
-                    initramfs::build_initramfs(&kernel, &init, &cache)
-                })
-                .await
-                .expect("initramfs task panicked")?;
-                Ok(BootFiles {
-                    kernel: vmlinuz,
-                    initramfs,
-                })
-            })
+            .get_or_try_init(|| boot_files(&self.config, progress))
             .await
     }
 
@@ -567,10 +545,13 @@ impl Runtime for QemuRuntime {
         let mut found = Vec::new();
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
-            let state = self.observe(&id).await?;
-            if state != ObservedState::Missing {
-                found.push(ObservedSandbox { id, state });
-            }
+            // A directory without settings is left from a create that did not finish; it is
+            // listed as stopped so that reconciliation removes it when the store does not know it.
+            let state = match self.observe(&id).await? {
+                ObservedState::Missing => ObservedState::Stopped,
+                state => state,
+            };
+            found.push(ObservedSandbox { id, state });
         }
         Ok(found)
     }
@@ -595,6 +576,55 @@ impl Runtime for QemuRuntime {
             _ => ObservedState::Stopped,
         })
     }
+}
+
+/// Fetches the kernel and builds the initramfs that guests of `config` boot.
+async fn boot_files(config: &QemuConfig, progress: Progress) -> Result<BootFiles, RuntimeError> {
+    let kernel = match &config.kernel {
+        KernelSource::Debian { mirror, suite } => {
+            kernel::debian_cloud_kernel(&config.cache_dir, mirror, suite, progress).await?
+        }
+        KernelSource::Path { kernel, modules } => kernel::user_kernel(kernel, modules.as_deref())?,
+    };
+    let cache = config.cache_dir.clone();
+    let init = config.init_bin.clone();
+    let vmlinuz = kernel.vmlinuz.clone();
+    let initramfs =
+        tokio::task::spawn_blocking(move || initramfs::build_initramfs(&kernel, &init, &cache))
+            .await
+            .expect("initramfs task panicked")?;
+    Ok(BootFiles {
+        kernel: vmlinuz,
+        initramfs,
+    })
+}
+
+/// The files a qemu sandbox of one template boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFiles {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initramfs around `gitvm-init`.
+    pub initramfs: PathBuf,
+    /// Cached ext4 root disk of the template.
+    pub disk: PathBuf,
+}
+
+/// Prepares the kernel, initramfs and root disk for sandboxes of the local Docker image
+/// `image` ahead of the first create, with progress; later creates find them in the cache.
+pub async fn prepare_guest(
+    docker: &bollard::Docker,
+    image: &str,
+    config: &QemuConfig,
+    progress: Progress,
+) -> Result<GuestFiles, RuntimeError> {
+    let boot = boot_files(config, Arc::clone(&progress)).await?;
+    let disk = image::root_disk(docker, image, &config.agent_bin, &config.cache_dir, progress).await?;
+    Ok(GuestFiles {
+        kernel: boot.kernel,
+        initramfs: boot.initramfs,
+        disk,
+    })
 }
 
 /// Creates `target`, a qcow2 overlay whose backing file is the template disk `base`.

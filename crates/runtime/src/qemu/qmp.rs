@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+/// Time a migration to or from a state file gets; a saved state is a few hundred MiB at most.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Time QEMU gets to answer one command.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -122,9 +125,22 @@ impl Qmp {
         Ok(value["status"].as_str().unwrap_or("unknown").to_owned())
     }
 
-    /// Polls `query-migrate` until the migration completes, and fails when it fails.
+    /// Polls `query-migrate` until the migration completes, and fails when it fails or has
+    /// not completed within [`MIGRATION_TIMEOUT`], cancelling it then.
     pub async fn wait_migration(&mut self) -> Result<(), QmpError> {
+        let deadline = tokio::time::Instant::now() + MIGRATION_TIMEOUT;
         loop {
+            if tokio::time::Instant::now() >= deadline {
+                let _ = self.execute("migrate_cancel", None).await;
+                return Err(QmpError::Command {
+                    command: "migrate".to_owned(),
+                    class: "timeout".to_owned(),
+                    desc: format!(
+                        "the state transfer did not complete within {}s and was cancelled",
+                        MIGRATION_TIMEOUT.as_secs()
+                    ),
+                });
+            }
             let value = self.execute("query-migrate", None).await?;
             match value["status"].as_str() {
                 Some("completed") => return Ok(()),
