@@ -619,7 +619,14 @@ pub async fn prepare_guest(
     progress: Progress,
 ) -> Result<GuestFiles, RuntimeError> {
     let boot = boot_files(config, Arc::clone(&progress)).await?;
-    let disk = image::root_disk(docker, image, &config.agent_bin, &config.cache_dir, progress).await?;
+    let disk = image::root_disk(
+        docker,
+        image,
+        &config.agent_bin,
+        &config.cache_dir,
+        progress,
+    )
+    .await?;
     Ok(GuestFiles {
         kernel: boot.kernel,
         initramfs: boot.initramfs,
