@@ -215,8 +215,8 @@ async fn create_out_of_range_is_400() {
             "invalid template ``: give a template name such as `base` or an image reference",
         ),
         (
-            r#"{"runtime": "qemu"}"#,
-            "invalid runtime `qemu`: this node runs `docker` only",
+            r#"{"runtime": "vmware"}"#,
+            "invalid runtime `vmware`: choose one of docker, qemu, firecracker",
         ),
     ];
 
@@ -227,6 +227,24 @@ async fn create_out_of_range_is_400() {
         assert_eq!(error.code, "invalid_request", "{json}");
         assert_eq!(error.message, message, "{json}");
     }
+}
+
+#[tokio::test]
+async fn create_on_missing_runtime_is_503() {
+    let fx = fixture(None).await;
+    let (status, body) = send(
+        &fx.router,
+        post_json("/sandboxes", r#"{"runtime": "qemu"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let error = error_body(&body);
+    assert_eq!(error.code, "runtime_unavailable");
+    assert_eq!(
+        error.message,
+        "runtime `qemu` is unavailable: this node was not started with it \
+         (runtimes available on this node: docker)"
+    );
 }
 
 #[tokio::test]

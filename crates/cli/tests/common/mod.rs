@@ -119,10 +119,7 @@ impl Server {
     /// kernels and root disks that every test shares.
     pub fn start_qemu(extra: &[&str]) -> Server {
         let cache = test_cache_dir();
-        // Several TCG guests boot at once on the test machine, each slower than alone.
         let mut args = vec![
-            "--ready-timeout",
-            "120",
             "--default-runtime",
             "qemu",
             "--qemu-accel",
@@ -130,6 +127,10 @@ impl Server {
             "--cache-dir",
             cache.to_str().expect("UTF-8 cache path"),
         ];
+        // Several TCG guests boot at once on the test machine, each slower than alone.
+        if !extra.contains(&"--ready-timeout") {
+            args.extend(["--ready-timeout", "120"]);
+        }
         args.extend_from_slice(extra);
         Self::start_with(&args)
     }

@@ -94,20 +94,28 @@ impl DockerRuntime {
 
     /// Freezes a sandbox's processes with the cgroup freezer.
     pub(super) async fn pause_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.docker
-            .pause_container(&container_name(id))
-            .await
-            .map_err(|err| sandbox_error("pause", id, err))?;
+        match self.docker.pause_container(&container_name(id)).await {
+            Ok(()) => {}
+            // The state asked for is reached, such as when dockerd finished an earlier pause
+            // after reporting an error for it.
+            Err(err) if docker_message(&err).contains("is already paused") => {
+                tracing::warn!(sandbox_id = %id, runtime = RUNTIME, "container was paused already");
+            }
+            Err(err) => return Err(sandbox_error("pause", id, err)),
+        }
         tracing::info!(sandbox_id = %id, runtime = RUNTIME, "container paused");
         Ok(())
     }
 
     /// Thaws a paused sandbox.
     pub(super) async fn resume_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.docker
-            .unpause_container(&container_name(id))
-            .await
-            .map_err(|err| sandbox_error("resume", id, err))?;
+        match self.docker.unpause_container(&container_name(id)).await {
+            Ok(()) => {}
+            Err(err) if docker_message(&err).contains("is not paused") => {
+                tracing::warn!(sandbox_id = %id, runtime = RUNTIME, "container was running already");
+            }
+            Err(err) => return Err(sandbox_error("resume", id, err)),
+        }
         tracing::info!(sandbox_id = %id, runtime = RUNTIME, "container resumed");
         Ok(())
     }
