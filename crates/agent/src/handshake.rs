@@ -99,9 +99,11 @@ pub fn new_nonce() -> String {
     format!("{value:032x}")
 }
 
-/// First wait for the agent's ready line before the host sends a newer hello. Each later wait
-/// doubles, up to [`MAX_HELLO_RETRY`], so that a slow agent still answers the newest hello.
-const FIRST_HELLO_RETRY: Duration = Duration::from_millis(250);
+/// First wait for the agent's ready line before the host sends a newer hello. It is short
+/// because a restored microVM's agent loses the first hello to the session it had when the
+/// snapshot was taken. Each later wait doubles, up to [`MAX_HELLO_RETRY`], so that a slow agent
+/// still answers the newest hello.
+const FIRST_HELLO_RETRY: Duration = Duration::from_millis(50);
 
 /// Longest wait for a ready line before the next hello.
 const MAX_HELLO_RETRY: Duration = Duration::from_secs(2);

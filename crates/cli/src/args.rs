@@ -55,6 +55,10 @@ pub enum Command {
     #[command(subcommand)]
     Template(TemplateCommand),
 
+    /// Measure how long sandboxes take to start.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+
     /// Run the in-sandbox agent (PID 1 inside every sandbox; not for direct use).
     #[command(hide = true)]
     Agent(AgentArgs),
@@ -436,4 +440,38 @@ pub struct TemplateBuild {
     /// [default: /var/lib/gitvm for root, else ~/.local/share/gitvm]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Time microVM boot to agent ready and snapshot restore to first exec on the server's qemu
+    /// runtime, against a bare QEMU boot of the same kernel and initramfs.
+    ///
+    /// Creates and deletes sandboxes and a snapshot on the server; run it on the server's host,
+    /// because the bare boots read the server's kernel cache.
+    Qemu(BenchQemu),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchQemu {
+    /// Timed repetitions of each measure, after one untimed warm-up.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+
+    /// The server's cache directory, which holds its guest kernel and initramfs
+    /// [default: <default data dir>/cache, /var/lib/gitvm/cache for root].
+    #[arg(long, env = "GITVM_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Accelerator of the bare QEMU boots: `tcg` or `kvm`; use the server's `--qemu-accel`.
+    #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"])]
+    pub accel: String,
+
+    /// QEMU system emulator of the bare boots.
+    #[arg(long, default_value = "qemu-system-x86_64", env = "GITVM_QEMU_BIN")]
+    pub qemu_bin: PathBuf,
+
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

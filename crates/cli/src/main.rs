@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod args;
+mod bench;
 mod files;
 mod output;
 mod process;
@@ -23,7 +24,12 @@ fn main() -> ExitCode {
     // The agent runs as PID 1 inside sandboxes and builds its own single-threaded runtime, so it
     // must start before any other runtime exists.
     if let Command::Agent(agent) = cli.command {
-        gitvm_node::cli::init_logging();
+        // In a microVM the log goes to the emulated serial console, which is slow under TCG
+        // and kept in a file on the host, so only warnings go there unless RUST_LOG says more.
+        match agent.vm {
+            true => gitvm_node::cli::init_logging_at("warn"),
+            false => gitvm_node::cli::init_logging(),
+        }
         use gitvm_agent::server::{AgentConfig, Transport};
         let config = match agent.socket {
             Some(socket) => AgentConfig {
@@ -92,6 +98,7 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Server(command) => server::run(command).await,
         Command::Template(command) => template::run(command).await,
+        Command::Bench(command) => bench::run(&cli.connection, command).await,
         Command::Vm(command) => vm::run(&cli.connection, command).await,
         Command::Snapshot(command) => snapshot::run(&cli.connection, command).await,
         // Like `vm exec`, the process commands can exit with a process's exit code, so
