@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh release
 gitvm=target/x86_64-unknown-linux-gnu/release/gitvm
 port=${GITVM_DEMO_PORT:-8080}
+# `qemu` runs the sandbox as a microVM instead of a container.
+runtime=${GITVM_DEMO_RUNTIME:-docker}
+# Kernels and root disks of microVMs are kept here between runs.
+cache_dir=${GITVM_CACHE_DIR:-/var/lib/gitvm/cache}
 # A data directory made here is removed at the end; one given in GITVM_DEMO_DATA_DIR is kept.
 if [ -n "${GITVM_DEMO_DATA_DIR:-}" ]; then
   data_dir=$GITVM_DEMO_DATA_DIR
@@ -18,11 +22,16 @@ else
 fi
 
 echo "==> building the base template (Debian bookworm; cached after the first run)" >&2
-"$gitvm" template build base
+if [ "$runtime" = qemu ]; then
+  "$gitvm" template build base --microvm --cache-dir "$cache_dir"
+else
+  "$gitvm" template build base
+fi
 
 echo "==> starting gitvm server on 127.0.0.1:$port (data: $data_dir)" >&2
 server_log="$data_dir/server.log"
-"$gitvm" server start --port "$port" --data-dir "$data_dir" >"$data_dir/server.out" 2>"$server_log" &
+"$gitvm" server start --port "$port" --data-dir "$data_dir" --cache-dir "$cache_dir" \
+  >"$data_dir/server.out" 2>"$server_log" &
 server_pid=$!
 sandbox=""
 cleanup() {
@@ -48,8 +57,8 @@ if ! grep -q 'listening on' "$data_dir/server.out"; then
 fi
 export GITVM_SERVER="http://127.0.0.1:$port"
 
-sandbox=$("$gitvm" vm create --timeout 600)
-echo "==> sandbox $sandbox is running" >&2
+sandbox=$("$gitvm" vm create --timeout 600 --runtime "$runtime")
+echo "==> $runtime sandbox $sandbox is running" >&2
 
 for file in examples/pyproject/*.py; do
   "$gitvm" vm files put "$sandbox" "$file" "/work/pyproject/$(basename "$file")"

@@ -440,6 +440,19 @@ pub struct TemplateBuild {
     /// [default: /var/lib/gitvm for root, else ~/.local/share/gitvm]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+
+    /// Also prepare what qemu microVMs of this template boot: download the guest kernel, build
+    /// the initramfs and write the root disk, so that the first create does not wait for them.
+    #[arg(long)]
+    pub microvm: bool,
+
+    /// Cache the server uses for microVM files, when not `<data-dir>/cache`.
+    #[arg(long, env = "GITVM_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Debian mirror the guest kernel is downloaded from.
+    #[arg(long, default_value = "http://deb.debian.org/debian")]
+    pub debian_mirror: String,
 }
 
 #[derive(Debug, Subcommand)]

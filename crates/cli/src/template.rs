@@ -39,10 +39,49 @@ pub async fn run(command: TemplateCommand) -> Result<ExitCode> {
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
     let docker = gitvm_runtime::docker::connect_daemon_default().await?;
-    let result =
-        gitvm_runtime::docker::build_base_image(&docker, &cache_dir, args.force, progress).await;
+    let result = gitvm_runtime::docker::build_base_image(
+        &docker,
+        &cache_dir,
+        args.force,
+        Arc::clone(&progress),
+    )
+    .await;
+    let image = match result {
+        Ok(image) => image,
+        Err(err) => {
+            bar.finish_and_clear();
+            return Err(err.into());
+        }
+    };
+
+    if args.microvm {
+        // The same files and cache keys as a server started from this binary would use.
+        let agent_bin =
+            std::env::current_exe().context("cannot locate the running gitvm binary")?;
+        let config = gitvm_runtime::qemu::QemuConfig {
+            data_dir: data_dir.clone(),
+            cache_dir: args.cache_dir.unwrap_or(cache_dir),
+            qemu_bin: "qemu-system-x86_64".into(),
+            init_bin: gitvm_node::NodeConfig::sibling_binary("gitvm-init"),
+            agent_bin,
+            kernel: gitvm_runtime::qemu::KernelSource::Debian {
+                mirror: args.debian_mirror,
+                suite: gitvm_node::QemuSettings::default().debian_suite,
+            },
+            accel: gitvm_runtime::qemu::AccelChoice::Auto,
+            ready_timeout: Duration::from_secs(30),
+            kernel_args: String::new(),
+        };
+        let result = gitvm_runtime::qemu::prepare_guest(&docker, &image, &config, progress).await;
+        bar.finish_and_clear();
+        let files = result?;
+        println!("{image}");
+        println!("kernel     {}", files.kernel.display());
+        println!("initramfs  {}", files.initramfs.display());
+        println!("root disk  {}", files.disk.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     bar.finish_and_clear();
-    let image = result?;
     println!("{image}");
     Ok(ExitCode::SUCCESS)
 }
