@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use gitvm_runtime::qemu::machine::{initramfs_boot_args, Accel};
 use gitvm_runtime::qemu::{initramfs, kernel};
 use gitvm_sdk::{
     Client, CreateSandboxRequest, ExecRequest, ListFilter, ProcessState, RestoreRequest,
@@ -480,31 +481,20 @@ impl BareBoot {
         let stderr_path = self.scratch.join(format!("bare-{round}.stderr"));
         let stderr = std::fs::File::create(&stderr_path)
             .with_context(|| format!("cannot create {}", stderr_path.display()))?;
-        let cpu = if self.accel == "kvm" { "host" } else { "max" };
+        let accel = match self.accel.as_str() {
+            "kvm" => Accel::Kvm,
+            _ => Accel::Tcg,
+        };
         let mut command = tokio::process::Command::new(&self.qemu);
         command
-            .arg("-M")
-            .arg(format!("microvm,acpi=on,accel={}", self.accel))
-            .args(["-cpu", cpu])
-            .arg("-m")
-            .arg(format!("{MEMORY_MB}M"))
-            .arg("-smp")
-            .arg(VCPUS.to_string())
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-kernel")
-            .arg(&self.kernel)
-            .arg("-initrd")
-            .arg(&self.initramfs)
-            .arg("-append")
-            .arg(self.append())
+            .args(initramfs_boot_args(
+                accel,
+                u64::from(MEMORY_MB),
+                &console,
+                &self.kernel,
+                &self.initramfs,
+                &self.append(),
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -74,3 +74,15 @@ pub enum RuntimeError {
         source: std::io::Error,
     },
 }
+
+/// Wraps the error of `action` (such as `reading`) on `path`.
+pub(crate) fn path_io_error(
+    action: &str,
+    path: &std::path::Path,
+    source: std::io::Error,
+) -> RuntimeError {
+    RuntimeError::Io {
+        context: format!("{action} {}", path.display()),
+        source,
+    }
+}

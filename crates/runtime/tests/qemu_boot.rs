@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use gitvm_runtime::qemu::initramfs::build_initramfs;
 use gitvm_runtime::qemu::kernel::{debian_cloud_kernel, host_tsc_khz, user_kernel, Kernel};
+use gitvm_runtime::qemu::machine::{initramfs_boot_args, Accel};
 
 const MIRROR: &str = "http://deb.debian.org/debian";
 const SUITE: &str = "bookworm";
@@ -240,32 +241,14 @@ impl Guest {
         append.extend(extra_args);
 
         let mut command = Command::new("qemu-system-x86_64");
-        command
-            .args([
-                "-M",
-                "microvm,acpi=on,accel=tcg",
-                "-cpu",
-                "max",
-                "-m",
-                "256M",
-                "-smp",
-                "1",
-            ])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", serial_log.display()))
-            .arg("-kernel")
-            .arg(&self.kernel.vmlinuz)
-            .arg("-initrd")
-            .arg(&self.initramfs)
-            .arg("-append")
-            .arg(append.join(" "));
+        command.args(initramfs_boot_args(
+            Accel::Tcg,
+            256,
+            &serial_log,
+            &self.kernel.vmlinuz,
+            &self.initramfs,
+            &append.join(" "),
+        ));
         if let Some(disk) = disk {
             command
                 .arg("-drive")

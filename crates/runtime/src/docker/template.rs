@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::io::ReaderStream;
 
 use super::{docker_message, is_not_found, RUNTIME};
+use crate::error::path_io_error;
 use crate::{Progress, RuntimeError};
 
 /// Image of the `base` template, built by [`build_base_image`].
@@ -430,18 +431,18 @@ fn clean_apt_caches(tree: &Path) -> Result<(), RuntimeError> {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(io_error(&dir, "reading", source)),
+            Err(source) => return Err(path_io_error("reading", &dir, source)),
         };
         for entry in entries {
             let path = entry
-                .map_err(|source| io_error(&dir, "reading", source))?
+                .map_err(|source| path_io_error("reading", &dir, source))?
                 .path();
             let matches = path.is_file()
                 && (extension.is_empty() || path.extension().is_some_and(|ext| ext == extension))
                 && path.file_name().is_some_and(|name| name != "lock");
             if matches {
                 std::fs::remove_file(&path)
-                    .map_err(|source| io_error(&path, "removing", source))?;
+                    .map_err(|source| path_io_error("removing", &path, source))?;
             }
         }
     }
@@ -453,7 +454,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), RuntimeError> {
     use std::os::unix::fs::PermissionsExt;
 
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|source| io_error(path, "setting the mode of", source))
+        .map_err(|source| path_io_error("setting the mode of", path, source))
 }
 
 /// Lazily unmounts every mount point at or below `tree`, deepest first.
@@ -513,14 +514,6 @@ fn build_error(reason: String) -> RuntimeError {
     RuntimeError::TemplateBuild {
         template: BASE_TEMPLATE.to_string(),
         reason,
-    }
-}
-
-/// Wraps the error of a file operation on `path`.
-fn io_error(path: &Path, action: &str, source: std::io::Error) -> RuntimeError {
-    RuntimeError::Io {
-        context: format!("{action} {}", path.display()),
-        source,
     }
 }
 

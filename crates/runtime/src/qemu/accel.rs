@@ -37,30 +37,14 @@ pub async fn probe(qemu: &Path, kernel: &Path, initramfs: &Path, work: &Path) ->
     };
     let log = dir.path().join("console.log");
     let child = tokio::process::Command::new(qemu)
-        .args([
-            "-M",
-            "microvm,acpi=on,accel=kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "128M",
-            "-smp",
-            "1",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet gitvm.probe"])
+        .args(super::machine::initramfs_boot_args(
+            Accel::Kvm,
+            128,
+            &log,
+            kernel,
+            initramfs,
+            "console=ttyS0 panic=-1 quiet gitvm.probe",
+        ))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -25,6 +25,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use super::kernel::Kernel;
+use crate::error::path_io_error;
 use crate::RuntimeError;
 
 /// Archive path (cpio names have no leading `/`) of the module list that `gitvm-init` reads as
@@ -90,18 +91,18 @@ pub fn build_initramfs(
     if out_path.is_file() {
         return Ok(out_path);
     }
-    fs::create_dir_all(&out_dir).map_err(|source| io_error("creating", &out_dir, source))?;
+    fs::create_dir_all(&out_dir).map_err(|source| path_io_error("creating", &out_dir, source))?;
     let mut temp = tempfile::Builder::new()
         .prefix(".build-")
         .suffix(".cpio")
         .tempfile_in(&out_dir)
-        .map_err(|source| io_error("creating a temporary file in", &out_dir, source))?;
+        .map_err(|source| path_io_error("creating a temporary file in", &out_dir, source))?;
     write_archive(temp.as_file_mut(), &init, &modules)
         .and_then(|()| temp.as_file().sync_all())
-        .map_err(|source| io_error("writing", temp.path(), source))?;
+        .map_err(|source| path_io_error("writing", temp.path(), source))?;
     // Concurrent builders of the same key write identical bytes, so either rename may win.
     temp.persist(&out_path)
-        .map_err(|err| io_error("renaming a temporary initramfs to", &out_path, err.error))?;
+        .map_err(|err| path_io_error("renaming a temporary initramfs to", &out_path, err.error))?;
     tracing::debug!(
         path = %out_path.display(),
         release = %kernel.release,
@@ -239,7 +240,13 @@ impl ModuleIndex {
         let builtin = match fs::read_to_string(dir.join("modules.builtin")) {
             Ok(text) => text.lines().filter_map(module_name).collect(),
             Err(err) if err.kind() == io::ErrorKind::NotFound => HashSet::new(),
-            Err(source) => return Err(io_error("reading", &dir.join("modules.builtin"), source)),
+            Err(source) => {
+                return Err(path_io_error(
+                    "reading",
+                    &dir.join("modules.builtin"),
+                    source,
+                ))
+            }
         };
 
         let mut paths = HashMap::new();
@@ -264,10 +271,10 @@ impl ModuleIndex {
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 find_module_files(dir, Path::new(""), &mut paths)
-                    .map_err(|source| io_error("listing modules in", dir, source))?;
+                    .map_err(|source| path_io_error("listing modules in", dir, source))?;
                 None
             }
-            Err(source) => return Err(io_error("reading", &dir.join("modules.dep"), source)),
+            Err(source) => return Err(path_io_error("reading", &dir.join("modules.dep"), source)),
         };
 
         Ok(Self {
@@ -387,13 +394,14 @@ fn module_name(path: &str) -> Option<String> {
 /// Reads a module file, decompressing `.ko.gz` in process and `.ko.xz` and `.ko.zst` with the
 /// `xz` and `zstd` tools.
 fn read_module(path: &Path) -> Result<Vec<u8>, RuntimeError> {
-    let raw = fs::read(path).map_err(|source| io_error("reading kernel module", path, source))?;
+    let raw =
+        fs::read(path).map_err(|source| path_io_error("reading kernel module", path, source))?;
     let name = path.to_string_lossy();
     let contents = if name.ends_with(".ko.gz") {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())
             .read_to_end(&mut out)
-            .map_err(|source| io_error("decompressing kernel module", path, source))?;
+            .map_err(|source| path_io_error("decompressing kernel module", path, source))?;
         out
     } else if name.ends_with(".ko.xz") {
         decompress_with("xz", path, raw)?
@@ -432,7 +440,7 @@ fn decompress_with(tool: &str, path: &Path, input: Vec<u8>) -> Result<Vec<u8>, R
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let output = child
         .wait_with_output()
-        .map_err(|source| io_error("decompressing kernel module", path, source))?;
+        .map_err(|source| path_io_error("decompressing kernel module", path, source))?;
     let written = writer.join().unwrap_or(Ok(()));
     if !output.status.success() || written.is_err() {
         return Err(RuntimeError::Unavailable {
@@ -575,13 +583,6 @@ fn write_entry(
     writer.write_all(data)?;
     writer.finish()?;
     Ok(())
-}
-
-fn io_error(action: &str, path: &Path, source: io::Error) -> RuntimeError {
-    RuntimeError::Io {
-        context: format!("{action} {}", path.display()),
-        source,
-    }
 }
 
 #[cfg(test)]

@@ -161,6 +161,48 @@ impl Machine {
     }
 }
 
+/// QEMU arguments that boot `kernel` and `initramfs` on a one-vCPU `microvm` machine whose only
+/// device is the serial console, written to `console`. The KVM probe, the bare-boot benchmark
+/// and the boot tests use it; callers add devices after it.
+pub fn initramfs_boot_args(
+    accel: Accel,
+    memory_mb: u64,
+    console: &Path,
+    kernel: &Path,
+    initramfs: &Path,
+    append: &str,
+) -> Vec<String> {
+    let cpu = match accel {
+        Accel::Kvm => "host",
+        Accel::Tcg => "max",
+    };
+    [
+        "-M",
+        &format!("microvm,acpi=on,accel={}", accel.as_str()),
+        "-cpu",
+        cpu,
+        "-m",
+        &format!("{memory_mb}M"),
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        &format!("file:{}", console.display()),
+        "-kernel",
+        &kernel.display().to_string(),
+        "-initrd",
+        &initramfs.display().to_string(),
+        "-append",
+        append,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// Starts QEMU for `machine` in `dir`. QEMU detaches once its sockets exist, so a node restart
 /// leaves it running; errors before that come back with QEMU's message.
 pub async fn spawn(
