@@ -33,8 +33,8 @@ async fn counter(server: &Server, id: &str) -> u64 {
         .unwrap_or_else(|_| panic!("/tmp/n holds {:?} in {id}", out.stdout))
 }
 
-/// A command that fetches `url` from inside a guest with Python and prints the status or the
-/// error, within 5 s.
+/// Builds a command that fetches `url` from inside a guest with Python and prints the status
+/// or the error, within 5 s.
 fn fetch(url: &str) -> String {
     format!(
         "python3 -c \"import urllib.request,sys\ntry:\n print(urllib.request.urlopen('{url}', timeout=5).status)\nexcept Exception as e:\n print('failed', e)\""
@@ -60,7 +60,7 @@ fn qemu_processes(id: &str) -> usize {
 }
 
 #[tokio::test]
-async fn guest_runs_its_own_kernel_with_network_or_without() {
+async fn guest_kernel_and_network() {
     let server = Server::start_qemu(&[]);
     let sandbox = create(&server, true).await;
     assert_eq!(sandbox.runtime, "qemu");
@@ -132,7 +132,7 @@ async fn files_round_trip_and_c8_odd_names() {
 }
 
 #[tokio::test]
-async fn c1_pause_resume_and_c5_exec_right_after_start() {
+async fn c1_and_c5_on_qemu() {
     let server = Server::start_qemu(&[]);
     let id = create(&server, false).await.id;
     let client = &server.client;
@@ -167,7 +167,7 @@ async fn c1_pause_resume_and_c5_exec_right_after_start() {
 }
 
 #[tokio::test]
-async fn full_snapshot_restores_running_processes_twice_after_a_node_restart() {
+async fn full_snapshot_restores_twice() {
     let mut server = Server::start_qemu(&[]);
     let source = create(&server, false).await.id;
     let started = server.exec(&source, COUNTER).await;
@@ -235,7 +235,7 @@ async fn full_snapshot_restores_running_processes_twice_after_a_node_restart() {
 }
 
 #[tokio::test]
-async fn c10_snapshot_under_write_load_restores_a_consistent_state() {
+async fn c10_snapshot_under_write_load() {
     let server = Server::start_qemu(&[]);
     let id = create(&server, false).await.id;
     // Each round replaces /root/cur atomically and appends the same number to /root/all.
@@ -286,7 +286,7 @@ async fn c10_snapshot_under_write_load_restores_a_consistent_state() {
 }
 
 #[tokio::test]
-async fn guest_that_never_becomes_ready_is_stopped_with_the_console_tail() {
+async fn never_ready_guest_is_stopped() {
     // The kernel finds no init, panics, and with panic=0 waits forever.
     let server = Server::start_qemu(&[
         "--ready-timeout",
@@ -326,7 +326,7 @@ async fn guest_that_never_becomes_ready_is_stopped_with_the_console_tail() {
 }
 
 #[tokio::test]
-async fn runtime_selection_names_what_is_missing() {
+async fn runtime_selection_errors() {
     let server = Server::start_qemu(&[]);
     let (status, _, message) = api_error_message(
         server
@@ -381,7 +381,7 @@ async fn runtime_selection_names_what_is_missing() {
 }
 
 #[tokio::test]
-async fn auto_acceleration_probes_kvm_within_its_deadline() {
+async fn auto_accel_probe() {
     let cache = common::test_cache_dir();
     let server = Server::start_with(&[
         "--default-runtime",

@@ -8,7 +8,7 @@ use gitvm_runtime::{Runtime, RuntimeError};
 
 use crate::sandbox::NodeError;
 
-/// Every runtime name gitvm knows, in the order the API lists them.
+/// Every runtime name gitvm accepts, in the order error messages list them.
 pub const KNOWN: [&str; 3] = ["docker", "qemu", "firecracker"];
 
 /// The runtimes a node can use and why the others are missing.
@@ -19,7 +19,7 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
-    /// An empty set whose default is `default`, one of [`KNOWN`].
+    /// Creates an empty set whose default is `default`, one of [`KNOWN`].
     pub fn new(default: &str) -> Result<Self, NodeError> {
         Ok(Self {
             available: BTreeMap::new(),
@@ -39,22 +39,22 @@ impl Runtimes {
         self.unavailable.insert(name, reason);
     }
 
-    /// The default runtime's name.
+    /// Returns the default runtime's name.
     pub fn default_name(&self) -> &'static str {
         self.default
     }
 
-    /// Names of the runtimes that work here.
+    /// Returns the names of the runtimes that work here.
     pub fn names(&self) -> Vec<&'static str> {
         self.available.keys().copied().collect()
     }
 
-    /// Every runtime, working or not.
+    /// Returns the runtimes that work here.
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
         self.available.values()
     }
 
-    /// Reasons of the runtimes that do not work here.
+    /// Returns why each runtime that does not work here is missing.
     pub fn unavailable(&self) -> &BTreeMap<&'static str, String> {
         &self.unavailable
     }

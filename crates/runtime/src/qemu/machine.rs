@@ -26,7 +26,7 @@ pub const CONSOLE_FILE: &str = "console.log";
 /// Bytes of the console log quoted in errors.
 const CONSOLE_TAIL: usize = 2048;
 
-/// How QEMU executes guest code.
+/// Accelerator that executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {

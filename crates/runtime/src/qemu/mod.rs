@@ -9,7 +9,7 @@
 //! - Control: QMP over a Unix socket for pause, resume and snapshots. QEMU runs detached, so
 //!   sandboxes keep running across node restarts and are found again through their pid files.
 //! - Acceleration: KVM when a probe boot succeeds within a deadline, otherwise TCG with
-//!   `tsc_early_khz` from the host (see `../shared/reference/qemu-microvm-notes.md`).
+//!   `tsc_early_khz` from the host, without which some TCG boots hang calibrating the clock.
 //! - Snapshots: `kind: full` saves memory (QMP `migrate` to a file) and disk of a running or paused
 //!   sandbox; a restore starts QEMU with `-incoming` in a new sandbox, so processes continue. A
 //!   stopped sandbox gives a `filesystem` snapshot of its disk.
@@ -51,7 +51,7 @@ pub const SNAPSHOT_PREFIX: &str = "qemu-snapshot:";
 /// Time a connection to a running guest's agent gets for its handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where the guest kernel comes from.
+/// Source of the guest kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelSource {
     /// Debian's cloud kernel package from a Debian mirror, downloaded once into the cache.
@@ -98,7 +98,7 @@ pub struct QemuConfig {
     pub kernel: KernelSource,
     /// Accelerator choice.
     pub accel: AccelChoice,
-    /// Time a booting guest gets until its agent answers.
+    /// Time a booting guest gets until its agent responds.
     pub ready_timeout: Duration,
     /// Extra kernel command line parameters, appended last.
     pub kernel_args: String,
@@ -545,8 +545,8 @@ impl Runtime for QemuRuntime {
         let mut found = Vec::new();
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
-            // A directory without settings is left from a create that did not finish; it is
-            // listed as stopped so that reconciliation removes it when the store does not know it.
+            // A directory without settings is left from a create that did not finish. It counts
+            // as stopped, so reconciliation removes it when the store does not know the id.
             let state = match self.observe(&id).await? {
                 ObservedState::Missing => ObservedState::Stopped,
                 state => state,
@@ -611,7 +611,7 @@ pub struct GuestFiles {
 }
 
 /// Prepares the kernel, initramfs and root disk for sandboxes of the local Docker image
-/// `image` ahead of the first create, with progress; later creates find them in the cache.
+/// `image` ahead of the first create, with progress. Later creates find them in the cache.
 pub async fn prepare_guest(
     docker: &bollard::Docker,
     image: &str,

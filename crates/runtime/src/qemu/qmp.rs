@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 /// Time a migration to or from a state file gets; a saved state is a few hundred MiB at most.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Time QEMU gets to answer one command.
+/// Time QEMU gets to reply to one command.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A failed QMP exchange.
@@ -28,7 +28,7 @@ pub enum QmpError {
         /// What failed.
         message: String,
     },
-    /// QEMU answered the command with an error.
+    /// QEMU replied to the command with an error.
     #[error("QMP command {command} failed: {class}: {desc}")]
     Command {
         /// Command name.

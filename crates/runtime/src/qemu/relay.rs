@@ -4,7 +4,7 @@
 //!
 //! QEMU's virtio-serial port mishandles a host that disconnects and reconnects: guest output
 //! written while no client is connected throttles the port, and output after the next connect
-//! can stay stuck in the queue. With the relay, QEMU never sees a disconnect. When the node
+//! can stay stuck in the queue. With the relay, QEMU's connection stays open for the machine's life. When the node
 //! restarts, the relay keeps draining the guest's output and hands the stream to the next
 //! client; the handshake of [`gitvm_agent::handshake`] then ends the guest's stale session and
 //! starts a fresh one.
