@@ -406,3 +406,50 @@ async fn auto_accel_probe() {
         "no accelerator decision in the log:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn user_supplied_kernel_boots() {
+    // `template build base --microvm` fills the cache; its kernel then serves as the user's own.
+    let cache = common::test_cache_dir();
+    let prepared = std::process::Command::new(common::gitvm_bin())
+        .args(["template", "build", "base", "--microvm", "--cache-dir"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&prepared.stdout).into_owned();
+    assert!(
+        prepared.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
+    let kernel = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("kernel"))
+        .map(|path| std::path::PathBuf::from(path.trim()))
+        .unwrap_or_else(|| panic!("no kernel line in {stdout}"));
+    assert!(kernel.is_file(), "{}", kernel.display());
+    let release = kernel
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_owned();
+    let modules = kernel
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("lib/modules")
+        .join(&release);
+    assert!(modules.is_dir(), "{}", modules.display());
+
+    let server = Server::start_qemu(&[
+        "--qemu-kernel",
+        kernel.to_str().unwrap(),
+        "--qemu-kernel-modules",
+        modules.to_str().unwrap(),
+    ]);
+    let sandbox = create(&server, false).await;
+    let guest = server.exec(&sandbox.id, "uname -r").await;
+    assert_eq!(guest.stdout.trim(), release);
+}
