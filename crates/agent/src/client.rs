@@ -160,6 +160,23 @@ impl AgentClient {
         drain(response).await
     }
 
+    /// Gives a restored microVM the hostname `hostname` and reseeds its kernel's random
+    /// generator with fresh bytes from the host.
+    pub async fn set_identity(&self, hostname: &str) -> Result<(), AgentError> {
+        let entropy: [u8; 64] = rand::random();
+        let request = gitvm_proto::agent::SetIdentityRequest {
+            hostname: hostname.to_owned(),
+            entropy_hex: entropy.iter().map(|byte| format!("{byte:02x}")).collect(),
+        };
+        let body = serde_json::to_vec(&request).map_err(|error| {
+            AgentError::Decode(format!("cannot encode identity request: {error}"))
+        })?;
+        let response = self
+            .send(Method::POST, "/identity".into(), full(body))
+            .await?;
+        drain(response).await
+    }
+
     /// Runs a command to completion and returns its buffered output.
     pub async fn exec(&self, req: &ExecRequest) -> Result<ExecResult, AgentError> {
         let body = serde_json::to_vec(req)

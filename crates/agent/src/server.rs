@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gitvm_proto::agent::{AgentHealth, SetClockRequest};
+use gitvm_proto::agent::{AgentHealth, SetClockRequest, SetIdentityRequest};
 use gitvm_proto::{ErrorBody, ExecRequest};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -272,6 +272,7 @@ async fn route(request: Request<Incoming>) -> Response<ResponseBody> {
     let result = match (method.clone(), path.as_str()) {
         (Method::GET, "/health") => Ok(health()),
         (Method::POST, "/clock") => clock_route(request).await,
+        (Method::POST, "/identity") => identity_route(request).await,
         (Method::POST, "/exec") => exec_route(request).await,
         (Method::POST, "/exec/stream") => exec_stream_route(request).await,
         (Method::POST, "/pty") => pty::open(request).await,
@@ -327,6 +328,25 @@ async fn clock_route(request: Request<Incoming>) -> Result<Response<ResponseBody
     }
     guest::set_clock(clock.unix_seconds, clock.nanos).map_err(|error| {
         ApiError::internal("clock_failed", format!("cannot set the clock: {error}"))
+    })?;
+    Ok(no_content())
+}
+
+async fn identity_route(request: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+    let identity: SetIdentityRequest = read_json(request, "identity").await?;
+    let entropy = guest::decode_hex(&identity.entropy_hex)
+        .filter(|bytes| (16..=512).contains(&bytes.len()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_entropy",
+                "entropyHex must be 16 to 512 bytes as lowercase hex digits",
+            )
+        })?;
+    guest::set_identity(&identity.hostname, &entropy).map_err(|error| {
+        ApiError::internal(
+            "identity_failed",
+            format!("cannot set the identity: {error}"),
+        )
     })?;
     Ok(no_content())
 }

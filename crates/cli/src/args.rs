@@ -87,7 +87,7 @@ pub struct AgentArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
-    /// Start a standalone node serving the REST API, with the Docker runtime.
+    /// Start a standalone node serving the REST API, with the Docker and qemu runtimes.
     Start(gitvm_node::cli::ServeArgs),
 }
 

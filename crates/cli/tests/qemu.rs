@@ -65,6 +65,14 @@ async fn guest_kernel_and_network() {
     let sandbox = create(&server, true).await;
     assert_eq!(sandbox.runtime, "qemu");
     assert!(sandbox.internet);
+    // The time to live counts from the end of the boot, not from the request.
+    let expires_at = time::OffsetDateTime::parse(
+        sandbox.expires_at.as_deref().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = expires_at - time::OffsetDateTime::now_utc();
+    assert!(left.whole_seconds() >= 598, "{left} left of 600 s");
 
     let guest = server.exec(&sandbox.id, "uname -r").await;
     let host = std::process::Command::new("uname")
@@ -149,6 +157,23 @@ async fn c1_and_c5_on_qemu() {
     }
     assert_eq!(read_to_vec(&server, &id, "/root/a.txt").await, b"1");
 
+    // The clock is set again after a long pause.
+    client.lifecycle(&id, "pause").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    client.lifecycle(&id, "resume").await.unwrap();
+    let guest: i64 = server
+        .exec(&id, "date +%s")
+        .await
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
+    let host = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (guest - host).abs() <= 2,
+        "guest clock {guest}, host {host}"
+    );
+
     // C5: stop, start, exec at once; a file written before the stop is on the disk.
     client
         .write_file(&id, "/root/kept.txt", "kept")
@@ -161,6 +186,39 @@ async fn c1_and_c5_on_qemu() {
     let result = server.exec(&id, "cat /root/kept.txt").await;
     assert_eq!(result.stdout, "kept");
     assert_eq!(result.exit_code, 0);
+
+    // QEMU exiting on its own (here killed) leaves a stopped sandbox that starts again.
+    let pid = std::fs::read_to_string(
+        server
+            .data_dir
+            .join("qemu/sandboxes")
+            .join(&id)
+            .join("qemu.pid"),
+    )
+    .unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, code, message) = api_error_message(
+        server
+            .client
+            .exec(
+                &id,
+                &gitvm_sdk::ExecRequest {
+                    command: "true".into(),
+                    ..Default::default()
+                },
+            )
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (409, "invalid_state"), "{message}");
+    let stopped = client.get_sandbox(&id).await.unwrap();
+    assert_eq!(stopped.state, SandboxState::Stopped);
+    client.lifecycle(&id, "start").await.unwrap();
+    assert_eq!(server.exec(&id, "cat /root/kept.txt").await.stdout, "kept");
 
     client.delete_sandbox(&id).await.unwrap();
     assert_eq!(qemu_processes(&id), 0, "QEMU still runs after delete");
@@ -204,6 +262,18 @@ async fn full_snapshot_restores_twice() {
             "{id} counts from {value}, snapshot had about {at_snapshot}"
         );
     }
+
+    // Each restore has its own hostname and its own random numbers.
+    let mut identities = Vec::new();
+    for id in &restored {
+        let out = server
+            .exec(id, "hostname; head -c 16 /dev/urandom | od -An -tx1")
+            .await;
+        let mut lines = out.stdout.lines();
+        assert_eq!(lines.next(), Some(id.as_str()));
+        identities.push(lines.next().unwrap_or_default().to_owned());
+    }
+    assert_ne!(identities[0], identities[1]);
 
     // Each restored sandbox diverges on its own.
     server
@@ -355,6 +425,21 @@ async fn runtime_selection_errors() {
     );
     assert_eq!(status, 400, "{message}");
     assert!(message.contains("docker, qemu, firecracker"), "{message}");
+
+    let (status, _, message) = api_error_message(
+        server
+            .client
+            .create_sandbox(&CreateSandboxRequest {
+                memory_mb: Some(64),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(status, 400, "{message}");
+    assert_eq!(
+        message,
+        "invalid memoryMB 64: qemu sandboxes need at least 128 MiB"
+    );
 
     // A QEMU binary that does not exist makes qemu unavailable, with what to install.
     let missing = Server::start_with(&["--qemu-bin", "/nonexistent/qemu-system-x86_64"]);

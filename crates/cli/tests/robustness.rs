@@ -91,7 +91,7 @@ async fn exited_container_is_recorded_stopped() {
     assert_eq!(
         body.message,
         format!(
-            "sandbox {id} stopped: its agent exited (the container is no longer running); start it with `gitvm vm start {id}`",
+            "sandbox {id} stopped: its agent exited (its container or microVM is no longer running); start it with `gitvm vm start {id}`",
             id = sandbox.id
         )
     );

@@ -18,6 +18,7 @@
 //! |---|---|---|---|
 //! | GET | `/health` | | [`AgentHealth`] |
 //! | POST | `/clock` | [`SetClockRequest`] | 204; sets the guest's wall clock (microVMs) |
+//! | POST | `/identity` | [`SetIdentityRequest`] | 204; new hostname and fresh randomness for a restored microVM |
 //! | POST | `/exec` | [`crate::ExecRequest`] | [`crate::ExecResult`] |
 //! | GET | `/files?path=P` | | the file's bytes, streamed |
 //! | PUT | `/files?path=P` | the file's bytes, streamed | 204; parents are created |
@@ -70,6 +71,18 @@ pub struct SetClockRequest {
     pub unix_seconds: i64,
     /// Nanoseconds past `unix_seconds`, below one billion.
     pub nanos: u32,
+}
+
+/// Body of the agent's `POST /identity`, which the host sends to every microVM restored from a
+/// snapshot. Restores of one snapshot start from the same memory, kernel random state included,
+/// so each gets its own hostname and fresh entropy that reseeds the kernel's generator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetIdentityRequest {
+    /// Hostname to set, the new sandbox's id.
+    pub hostname: String,
+    /// Random bytes from the host, as lowercase hex; 16 to 512 bytes.
+    pub entropy_hex: String,
 }
 
 /// Name of the virtio-serial port that carries the agent protocol in QEMU guests.

@@ -79,6 +79,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// Backend name as used in the API (`docker`, `qemu`).
     fn name(&self) -> &'static str;
 
+    /// Smallest memory in MiB a sandbox of this backend can run with.
+    fn min_memory_mb(&self) -> i64 {
+        64
+    }
+
     /// Makes `template` available locally, pulling it if needed, and returns the reference to
     /// put in [`SandboxSpec::image`]. Fails with [`RuntimeError::TemplateNotFound`] when the
     /// template does not exist anywhere this node can reach.

@@ -102,6 +102,49 @@ pub fn set_clock(unix_seconds: i64, nanos: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// `RNDADDENTROPY` of `linux/random.h`: adds bytes to the input pool and credits their entropy.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG` of `linux/random.h`: reseeds the kernel's generator from the input pool.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Gives a restored guest its own hostname and reseeds the kernel's random generator with
+/// `entropy` from the host, so that restores of one snapshot stop producing the same numbers.
+pub fn set_identity(hostname: &str, entropy: &[u8]) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `hostname`'s bytes.
+    if unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+
+    // struct rand_pool_info: entropy_count in bits, buf_size in bytes, then the bytes.
+    let mut info: Vec<u8> = Vec::with_capacity(8 + entropy.len());
+    let bits = i32::try_from(entropy.len() * 8).unwrap_or(i32::MAX);
+    let size = i32::try_from(entropy.len()).unwrap_or(i32::MAX);
+    info.extend_from_slice(&bits.to_ne_bytes());
+    info.extend_from_slice(&size.to_ne_bytes());
+    info.extend_from_slice(entropy);
+    let random = std::fs::File::options().write(true).open("/dev/urandom")?;
+    // SAFETY: `info` is a complete rand_pool_info; the ioctl only reads it.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Decodes hex digits; `None` when `text` is not hex.
+pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 fn mount(
     source: &str,
     target: &str,

@@ -25,12 +25,23 @@ impl Node {
             }
         }
 
-        let client = match self.runtime_of(sandbox)?.connect(&sandbox.id).await {
+        let runtime = self.runtime_of(sandbox)?;
+        let client = match runtime.connect(&sandbox.id).await {
             Ok(client) => client,
             Err(err) => {
+                // A microVM whose QEMU exited on its own is stopped, not broken.
+                if sandbox.state == SandboxState::Running
+                    && matches!(
+                        runtime.observe(&sandbox.id).await,
+                        Ok(ObservedState::Stopped)
+                    )
+                {
+                    tracing::warn!(sandbox_id = %sandbox.id, runtime = %sandbox.runtime, error = %err, "sandbox stopped on its own");
+                    return Err(self.record_agent_exit(sandbox).await);
+                }
                 return Err(self
                     .runtime_failed(sandbox, "connect to its agent", err)
-                    .await)
+                    .await);
             }
         };
         tracing::debug!(sandbox_id = %sandbox.id, runtime = %sandbox.runtime, "connected to agent");
@@ -178,7 +189,7 @@ impl Node {
             id: id.clone(),
             state: SandboxState::Stopped,
             message: format!(
-                "sandbox {id} stopped: its agent exited (the container is no longer running); start it with `gitvm vm start {id}`"
+                "sandbox {id} stopped: its agent exited (its container or microVM is no longer running); start it with `gitvm vm start {id}`"
             ),
         }
     }

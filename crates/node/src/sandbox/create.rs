@@ -16,6 +16,14 @@ impl Node {
     pub async fn create(&self, request: CreateSandboxRequest) -> Result<Sandbox, NodeError> {
         let runtime = Arc::clone(self.runtimes.get(request.runtime.as_deref())?);
         let params = validate::create_request(request, &self.settings)?;
+        let min_memory_mb = runtime.min_memory_mb();
+        if params.memory_mb < min_memory_mb {
+            return Err(NodeError::InvalidRequest(format!(
+                "invalid memoryMB {}: {} sandboxes need at least {min_memory_mb} MiB",
+                params.memory_mb,
+                runtime.name()
+            )));
+        }
 
         let template = params.template.clone();
         let progress = Arc::new(move |line: &str| {
@@ -83,6 +91,12 @@ impl Node {
             });
         }
 
+        // The time to live counts from when the sandbox runs, so a slow boot does not eat it.
+        let expires_at =
+            timestamp::expiry(timestamp::now(), record.sandbox.timeout).map(timestamp::format);
+        self.store
+            .set_expiry(&id, record.sandbox.timeout, expires_at.as_deref())
+            .await?;
         let sandbox = self.persist(&id, SandboxState::Running, None).await?;
         tracing::info!(
             sandbox_id = %id,

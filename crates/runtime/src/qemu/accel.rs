@@ -69,8 +69,14 @@ pub async fn probe(qemu: &Path, kernel: &Path, initramfs: &Path, work: &Path) ->
             Accel::Kvm
         }
         Ok(status) => {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
             tracing::warn!(
                 ?status,
+                qemu_stderr = %stderr.trim(),
                 "KVM probe guest exited without booting; microVMs run under TCG"
             );
             Accel::Tcg

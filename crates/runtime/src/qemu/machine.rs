@@ -121,7 +121,11 @@ impl Machine {
             "-append".into(),
             self.append.clone(),
             "-drive".into(),
-            format!("id=root,file={},format=qcow2,if=none", path(DISK_FILE)),
+            // Blocks the guest trims go back to the host.
+            format!(
+                "id=root,file={},format=qcow2,if=none,discard=unmap",
+                path(DISK_FILE)
+            ),
             "-device".into(),
             "virtio-blk-device,drive=root".into(),
             "-device".into(),

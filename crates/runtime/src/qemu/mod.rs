@@ -193,6 +193,13 @@ impl QemuRuntime {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| io_error(format!("creating {}", dir.display()), source))?;
         }
+        // Guest disks, memory states and logs hold the sandboxes' data: only root may read them.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+                .map_err(|source| io_error(format!("restricting {}", root.display()), source))?;
+        }
+        snapshot::recover(&root).await;
         Ok(Self {
             config,
             root,
@@ -398,6 +405,11 @@ impl Runtime for QemuRuntime {
         NAME
     }
 
+    fn min_memory_mb(&self) -> i64 {
+        // The guest kernel exits at once with 64 MiB; 96 MiB boots, 128 MiB leaves room.
+        128
+    }
+
     async fn prepare_template(
         &self,
         template: &str,
@@ -470,6 +482,15 @@ impl Runtime for QemuRuntime {
         qmp.execute("cont", None)
             .await
             .map_err(|error| backend("resume", id, error))?;
+        // The guest's clock stood still while it was paused.
+        let synced = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            self.connect(id).await?.sync_clock().await?;
+            Ok::<_, RuntimeError>(())
+        })
+        .await;
+        if !matches!(synced, Ok(Ok(()))) {
+            tracing::warn!(sandbox_id = %id, result = ?synced, "cannot set the resumed guest's clock");
+        }
         Ok(())
     }
 

@@ -21,6 +21,50 @@ use crate::{RuntimeError, SandboxSpec, SnapshotInfo};
 /// File of the saved device and memory state.
 const MEMORY_FILE: &str = "memory";
 
+/// Marker in a sandbox directory while a snapshot holds a running guest stopped; a node that
+/// crashes meanwhile resumes the guest at its next start.
+const RESUME_MARKER: &str = "resume-after-snapshot";
+
+/// Cleans up after a node that stopped during a snapshot: removes partial snapshot directories
+/// and resumes guests that a snapshot had stopped.
+pub(super) async fn recover(root: &Path) {
+    if let Ok(entries) = std::fs::read_dir(root.join("snapshots")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".partial") {
+                tracing::warn!(path = %entry.path().display(), "removing a snapshot the node did not finish");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(root.join("sandboxes")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let marker = entry.path().join(RESUME_MARKER);
+        if !marker.exists() {
+            continue;
+        }
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if machine::running_pid(&entry.path(), &id).is_some() {
+            let resumed = async {
+                let mut qmp = Qmp::connect(&entry.path().join("qmp.sock")).await?;
+                qmp.execute("cont", None).await
+            }
+            .await;
+            match resumed {
+                Ok(_) => {
+                    tracing::warn!(sandbox_id = %id, "resumed a sandbox whose snapshot the node did not finish")
+                }
+                Err(error) => {
+                    tracing::error!(sandbox_id = %id, %error, "cannot resume a sandbox after an unfinished snapshot")
+                }
+            }
+        }
+        let _ = std::fs::remove_file(marker);
+    }
+}
+
 /// Takes a snapshot of sandbox `id`, whose directory is `dir`: full when QEMU runs, disk only
 /// when the sandbox is stopped.
 pub(super) async fn take(
@@ -73,7 +117,10 @@ async fn write_snapshot(id: &str, dir: &Path, work: &Path) -> Result<SnapshotKin
         .await
         .map_err(|error| backend("snapshot", id, error))?
         == "running";
+    let marker = dir.join(RESUME_MARKER);
     if was_running {
+        std::fs::write(&marker, b"")
+            .map_err(|source| io_error(format!("writing {}", marker.display()), source))?;
         qmp.execute("stop", None)
             .await
             .map_err(|error| backend("snapshot", id, error))?;
@@ -97,6 +144,7 @@ async fn write_snapshot(id: &str, dir: &Path, work: &Path) -> Result<SnapshotKin
         if let Err(error) = qmp.execute("cont", None).await {
             tracing::error!(sandbox_id = %id, %error, "cannot resume the sandbox after its snapshot");
         }
+        let _ = std::fs::remove_file(&marker);
     }
     saved?;
     copied?;
@@ -171,9 +219,13 @@ impl QemuRuntime {
         let resumed_ms = started.elapsed().as_millis() as u64;
 
         let client = self.wait_ready(&spec.id, &dir).await?;
-        // The guest's clock stood still while the snapshot was stored.
+        // The guest's clock stood still while the snapshot was stored, and every restore of it
+        // starts with the same hostname and kernel random state.
         if let Err(error) = client.sync_clock().await {
             tracing::warn!(sandbox_id = %spec.id, %error, "cannot set the restored guest's clock");
+        }
+        if let Err(error) = client.set_identity(&spec.id).await {
+            tracing::warn!(sandbox_id = %spec.id, %error, "cannot give the restored guest its identity");
         }
         *self.agent_slot(&spec.id).lock().await = Some(client);
         tracing::info!(
