@@ -187,6 +187,38 @@ async fn c1_and_c5_on_qemu() {
     assert_eq!(result.stdout, "kept");
     assert_eq!(result.exit_code, 0);
 
+    // A relay that dies makes the agent unreachable with a clear error; stop and start heal it.
+    let relay_pid = std::fs::read_to_string(
+        server
+            .data_dir
+            .join("qemu/sandboxes")
+            .join(&id)
+            .join("relay.pid"),
+    )
+    .unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", relay_pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, _, message) = api_error_message(
+        server
+            .client
+            .exec(
+                &id,
+                &gitvm_sdk::ExecRequest {
+                    command: "true".into(),
+                    ..Default::default()
+                },
+            )
+            .await,
+    );
+    assert!(message.contains("agent relay exited"), "{message}");
+    client.lifecycle(&id, "stop").await.unwrap();
+    client.lifecycle(&id, "start").await.unwrap();
+    assert_eq!(server.exec(&id, "echo back").await.stdout, "back\n");
+
     // QEMU exiting on its own (here killed) leaves a stopped sandbox that starts again.
     let pid = std::fs::read_to_string(
         server

@@ -518,6 +518,13 @@ impl Runtime for QemuRuntime {
                 reason: "QEMU is not running".to_owned(),
             });
         }
+        // A new relay would reconnect to QEMU's port, which stalls the guest's output.
+        if !relay::is_running(&dir) {
+            return Err(RuntimeError::AgentNotReady {
+                id: id.to_owned(),
+                reason: "the microVM's agent relay exited; stop and start the sandbox".to_owned(),
+            });
+        }
         let client = tokio::time::timeout(
             CONNECT_TIMEOUT,
             AgentClient::connect_unix(&dir.join("relay.sock")),

@@ -22,6 +22,26 @@ use tokio::sync::Mutex;
 /// Time QEMU's socket gets to appear after QEMU started.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
+/// File in the machine directory with the relay's pid.
+const PID_FILE: &str = "relay.pid";
+
+/// Returns whether the relay of the machine in `dir` runs.
+pub fn is_running(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(PID_FILE)) else {
+        return false;
+    };
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return false;
+    };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let socket = dir.join("agent.sock");
+    cmdline
+        .split(|&b| b == 0)
+        .any(|arg| arg == socket.as_os_str().as_encoded_bytes())
+}
+
 /// Hidden CLI subcommand that runs the relay: `gitvm qemu-relay QEMU_SOCKET LISTEN_SOCKET`.
 pub const SUBCOMMAND: &str = "qemu-relay";
 
@@ -140,6 +160,7 @@ pub fn spawn(gitvm_bin: &Path, dir: &Path) -> Result<(), crate::RuntimeError> {
             source,
         )
     })?;
+    super::files::write_atomic(&dir.join(PID_FILE), child.id().to_string().as_bytes())?;
     // Reap it in the background when it exits while the node runs.
     std::thread::spawn(move || {
         let _ = child.wait();
