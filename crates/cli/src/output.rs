@@ -62,6 +62,14 @@ pub fn print_sandbox(s: &Sandbox) {
     println!("runtime:   {}", s.runtime);
     println!("vcpus:     {}", s.vcpus);
     println!("memory:    {} MiB", s.memory_mb);
+    println!(
+        "network:   {}",
+        if s.internet {
+            "outbound"
+        } else {
+            "none (loopback only)"
+        }
+    );
     println!("created:   {}", s.created_at);
     println!(
         "expires:   {}",
