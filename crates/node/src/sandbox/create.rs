@@ -91,11 +91,12 @@ impl Node {
             });
         }
 
-        // The time to live counts from when the sandbox runs, so a slow boot does not eat it.
-        let expires_at =
-            timestamp::expiry(timestamp::now(), record.sandbox.timeout).map(timestamp::format);
+        // The sandbox exists for its user from now on: its time to live counts from here, so a
+        // slow boot does not eat it, and `expiresAt` stays `createdAt` plus the timeout.
+        let now = timestamp::now();
+        let expires_at = timestamp::expiry(now, record.sandbox.timeout).map(timestamp::format);
         self.store
-            .set_expiry(&id, record.sandbox.timeout, expires_at.as_deref())
+            .set_started(&id, &timestamp::format(now), expires_at.as_deref())
             .await?;
         let sandbox = self.persist(&id, SandboxState::Running, None).await?;
         tracing::info!(

@@ -272,6 +272,27 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
+    /// Sets the creation and expiry times of a sandbox that has just started running, so that
+    /// its time to live counts from then. Returns false when no sandbox has this id.
+    pub async fn set_started(
+        &self,
+        id: &str,
+        created_at: &str,
+        expires_at: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE sandboxes SET created_at = ?, expires_at = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(created_at)
+        .bind(expires_at)
+        .bind(timestamp::format(timestamp::now()))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("update sandbox start time"))?;
+        Ok(result.rows_affected() == 1)
+    }
+
     /// Lists the ids of sandboxes, not yet deleted, whose expiry time is at or before `now`.
     pub async fn expired_sandboxes(&self, now: OffsetDateTime) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
