@@ -391,3 +391,25 @@ async fn set_timeout_extends_shortens_and_clears() {
         (409, "invalid_state".to_string())
     );
 }
+
+#[tokio::test]
+async fn docker_without_internet_has_only_loopback() {
+    let server = Server::start();
+    let sandbox = server
+        .client
+        .create_sandbox(&CreateSandboxRequest {
+            internet: Some(false),
+            timeout: Some(600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!sandbox.internet);
+    let devices = server.exec(&sandbox.id, "ls /sys/class/net").await;
+    assert_eq!(devices.stdout.trim(), "lo");
+
+    let online = server.create().await;
+    assert!(online.internet);
+    let devices = server.exec(&online.id, "ls /sys/class/net").await;
+    assert!(devices.stdout.contains("eth0"), "{devices:?}");
+}
