@@ -59,6 +59,26 @@ fn qemu_processes(id: &str) -> usize {
         .count()
 }
 
+/// Kills with SIGKILL the process whose pid is in `file` of sandbox `id`'s directory.
+fn kill_by_pid_file(server: &Server, id: &str, file: &str) {
+    let path = server.data_dir.join("qemu/sandboxes").join(id).join(file);
+    let pid = std::fs::read_to_string(&path).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {pid} from {}", path.display());
+}
+
+/// Runs `true` in sandbox `id` and returns the result, error included.
+async fn exec_true(server: &Server, id: &str) -> Result<gitvm_sdk::ExecResult, gitvm_sdk::Error> {
+    let request = gitvm_sdk::ExecRequest {
+        command: "true".into(),
+        ..Default::default()
+    };
+    server.client.exec(id, &request).await
+}
+
 #[tokio::test]
 async fn guest_kernel_and_network() {
     let server = Server::start_qemu(&[]);
@@ -188,64 +208,18 @@ async fn c1_and_c5_on_qemu() {
     assert_eq!(result.exit_code, 0);
 
     // A relay that dies makes the agent unreachable with a clear error; stop and start heal it.
-    let relay_pid = std::fs::read_to_string(
-        server
-            .data_dir
-            .join("qemu/sandboxes")
-            .join(&id)
-            .join("relay.pid"),
-    )
-    .unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", relay_pid.trim()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    kill_by_pid_file(&server, &id, "relay.pid");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, _, message) = api_error_message(
-        server
-            .client
-            .exec(
-                &id,
-                &gitvm_sdk::ExecRequest {
-                    command: "true".into(),
-                    ..Default::default()
-                },
-            )
-            .await,
-    );
+    let (_, _, message) = api_error_message(exec_true(&server, &id).await);
     assert!(message.contains("agent relay exited"), "{message}");
     client.lifecycle(&id, "stop").await.unwrap();
     client.lifecycle(&id, "start").await.unwrap();
     assert_eq!(server.exec(&id, "echo back").await.stdout, "back\n");
 
     // QEMU exiting on its own (here killed) leaves a stopped sandbox that starts again.
-    let pid = std::fs::read_to_string(
-        server
-            .data_dir
-            .join("qemu/sandboxes")
-            .join(&id)
-            .join("qemu.pid"),
-    )
-    .unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    kill_by_pid_file(&server, &id, "qemu.pid");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, code, message) = api_error_message(
-        server
-            .client
-            .exec(
-                &id,
-                &gitvm_sdk::ExecRequest {
-                    command: "true".into(),
-                    ..Default::default()
-                },
-            )
-            .await,
-    );
+    let (status, code, message) = api_error_message(exec_true(&server, &id).await);
     assert_eq!((status, code.as_str()), (409, "invalid_state"), "{message}");
     let stopped = client.get_sandbox(&id).await.unwrap();
     assert_eq!(stopped.state, SandboxState::Stopped);
