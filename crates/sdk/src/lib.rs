@@ -60,6 +60,18 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// A streamed response broke off before its end, such as when the sandbox was stopped or
+    /// deleted while a command ran.
+    #[error(
+        "the response stream from {url} broke off: {cause}; the sandbox may have been stopped or deleted meanwhile"
+    )]
+    StreamBroken {
+        /// URL requested.
+        url: String,
+        /// The innermost transport error.
+        cause: String,
+    },
+
     /// The server sent a body this client cannot decode.
     #[error("invalid response from {url}: {message}")]
     Decode {

@@ -44,9 +44,9 @@ pub(crate) fn events(response: reqwest::Response) -> impl Stream<Item = Result<E
                 match body.next().await {
                     Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
                     Some(Err(source)) => {
-                        let error = Error::Http {
+                        let error = Error::StreamBroken {
                             url: url.clone(),
-                            source,
+                            cause: innermost_cause(&source),
                         };
                         return Some((Err(error), (body, BytesMut::new(), url, true)));
                     }
@@ -61,4 +61,14 @@ pub(crate) fn events(response: reqwest::Response) -> impl Stream<Item = Result<E
             }
         },
     )
+}
+
+/// Returns the message of the innermost error in `error`'s source chain, which names the actual
+/// transport failure.
+fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
 }
