@@ -463,6 +463,28 @@ pub enum BenchCommand {
     /// Creates and deletes sandboxes and a snapshot on the server; run it on the server's host,
     /// because the bare boots read the server's kernel cache.
     Qemu(BenchQemu),
+
+    /// Time exec round trips and create to first exec on the server's Docker runtime, against
+    /// the same work through the Docker Engine API, and report the agent's memory.
+    ///
+    /// Run it on the server's host as root: it talks to dockerd and reads the agent's memory
+    /// from /proc.
+    Docker(BenchDocker),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDocker {
+    /// Timed exec round trips of each kind, after one untimed warm-up.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub exec_runs: u32,
+
+    /// Timed creates of each kind, after one untimed warm-up.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub create_runs: u32,
+
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -71,7 +71,10 @@ const DEBIAN_SUITE: &str = "bookworm";
 
 /// Runs `gitvm bench …`.
 pub async fn run(connection: &Connection, command: BenchCommand) -> Result<ExitCode> {
-    let BenchCommand::Qemu(args) = command;
+    let args = match command {
+        BenchCommand::Qemu(args) => args,
+        BenchCommand::Docker(args) => return crate::bench_docker::run(connection, args).await,
+    };
     let client = crate::vm::client(connection)?;
     let mut cleanup = Cleanup::new(run_label());
     let status = Status::new();
@@ -82,20 +85,41 @@ pub async fn run(connection: &Connection, command: BenchCommand) -> Result<ExitC
         result = measure(&client, &args, &mut cleanup, &status) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
+    finish(
+        &client,
+        &mut cleanup,
+        &status,
+        outcome,
+        args.json,
+        print_report,
+    )
+    .await
+}
+
+/// Deletes what a benchmark left on the server, then prints its report as a table with `print`
+/// or as JSON, or returns its error.
+pub(crate) async fn finish<R: Serialize>(
+    client: &Client,
+    cleanup: &mut Cleanup,
+    status: &Status,
+    outcome: Result<R>,
+    json: bool,
+    print: fn(&R),
+) -> Result<ExitCode> {
     if cleanup.has_leftovers() {
-        status.say("deleting the benchmark's sandboxes and snapshot");
+        status.say("deleting the benchmark's sandboxes and snapshots");
     }
-    let warnings = cleanup.run(&client).await;
+    let warnings = cleanup.run(client).await;
     status.finish();
     for warning in warnings {
         eprintln!("warning: {warning}");
     }
 
     let report = outcome?;
-    if args.json {
+    if json {
         crate::output::print_json(&report)?;
     } else {
-        print_report(&report);
+        print(&report);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -568,16 +592,16 @@ fn read_tail(path: &Path) -> String {
 }
 
 /// Everything the benchmark created, deleted again by [`Cleanup::run`].
-struct Cleanup {
+pub(crate) struct Cleanup {
     /// Value of the [`LABEL_KEY`] label of this run's sandboxes.
     label: String,
-    sandboxes: Vec<String>,
+    pub(crate) sandboxes: Vec<String>,
     snapshots: Vec<String>,
     scratch: Option<PathBuf>,
 }
 
 impl Cleanup {
-    fn new(label: String) -> Self {
+    pub(crate) fn new(label: String) -> Self {
         Self {
             label,
             sandboxes: Vec::new(),
@@ -587,7 +611,7 @@ impl Cleanup {
     }
 
     /// Metadata that marks this run's sandboxes.
-    fn labels(&self) -> BTreeMap<String, String> {
+    pub(crate) fn labels(&self) -> BTreeMap<String, String> {
         BTreeMap::from([(LABEL_KEY.to_owned(), self.label.clone())])
     }
 
@@ -601,7 +625,7 @@ impl Cleanup {
     }
 
     /// True when a sandbox or snapshot of this run is known to exist.
-    fn has_leftovers(&self) -> bool {
+    pub(crate) fn has_leftovers(&self) -> bool {
         !self.sandboxes.is_empty() || !self.snapshots.is_empty()
     }
 
@@ -617,7 +641,7 @@ impl Cleanup {
 
     /// Deletes every sandbox and snapshot left, best effort, and returns a warning for each
     /// failure.
-    async fn run(&mut self, client: &Client) -> Vec<String> {
+    pub(crate) async fn run(&mut self, client: &Client) -> Vec<String> {
         let mut warnings = Vec::new();
         // A create interrupted by Ctrl-C may have made a sandbox whose id never arrived; the
         // label finds it.
@@ -652,7 +676,7 @@ impl Cleanup {
 }
 
 /// Returns a label value unique to this process and second.
-fn run_label() -> String {
+pub(crate) fn run_label() -> String {
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
@@ -662,12 +686,12 @@ fn run_label() -> String {
 
 /// Progress lines: the latest one on a spinner on a terminal, otherwise every line on stderr.
 #[derive(Clone)]
-struct Status {
+pub(crate) struct Status {
     bar: Option<ProgressBar>,
 }
 
 impl Status {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         if !std::io::stderr().is_terminal() {
             return Self { bar: None };
         }
@@ -679,7 +703,7 @@ impl Status {
         Self { bar: Some(bar) }
     }
 
-    fn say(&self, line: &str) {
+    pub(crate) fn say(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(line.trim().to_owned()),
             None => eprintln!("{}", line.trim_end()),
@@ -694,7 +718,7 @@ impl Status {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -739,19 +763,19 @@ struct SnapshotMeasure {
 /// Order statistics of one measure, in milliseconds rounded to 0.1 ms.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Summary {
-    runs: usize,
-    min_ms: f64,
-    p50_ms: f64,
-    p90_ms: f64,
-    max_ms: f64,
+pub(crate) struct Summary {
+    pub(crate) runs: usize,
+    pub(crate) min_ms: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) max_ms: f64,
     /// Every sample in run order.
     samples_ms: Vec<f64>,
 }
 
 impl Summary {
     /// Summarises `samples`. Panics when it is empty, which `--runs` (at least 1) rules out.
-    fn of(samples: &[Duration]) -> Self {
+    pub(crate) fn of(samples: &[Duration]) -> Self {
         assert!(!samples.is_empty(), "a summary needs at least one sample");
         let samples_ms: Vec<f64> = samples.iter().map(|sample| to_ms(*sample)).collect();
         let mut sorted = samples_ms.clone();

@@ -7,6 +7,7 @@ use clap::Parser;
 
 mod args;
 mod bench;
+mod bench_docker;
 mod files;
 mod output;
 mod process;

@@ -275,3 +275,38 @@ async fn proc_commands_start_follow_signal() {
     assert_eq!(info["signal"], "SIGTERM");
     assert_eq!(info["state"], "exited");
 }
+
+#[test]
+fn bench_docker_reports_and_cleans_up() {
+    let server = Server::start();
+    let output = server.cli(&[
+        "bench",
+        "docker",
+        "--exec-runs",
+        "3",
+        "--create-runs",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["execGitvm"]["runs"], 3);
+    assert_eq!(report["createToFirstExecDocker"]["runs"], 1);
+    assert!(report["execDocker"]["p50Ms"].as_f64().unwrap() > 0.0);
+    assert!(report["agentAnonKib"].as_u64().unwrap() > 0);
+
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-a", "--filter", "name=gitvm-bench-raw", "-q"])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "baseline containers left");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sandboxes = runtime
+        .block_on(server.client.list_sandboxes(&Default::default()))
+        .unwrap();
+    assert!(sandboxes.is_empty(), "{sandboxes:?}");
+}
