@@ -1,9 +1,9 @@
 //! The guest image pipeline: a template's Docker image becomes a root filesystem tree, then an
 //! ext4 disk image with the agent inside, cached by the image id and the agent's digest.
 //!
-//! `mkfs.ext4 -d` copies the tree into the new file system, so no loop mount and no root
-//! privileges are needed for the image itself; unpacking the image's files with their owners
-//! does need root, as for any container runtime.
+//! `mkfs.ext4 -d` copies the tree into the new file system, so the image itself needs no loop
+//! mount and no root privileges. Unpacking the image's files with their owners does need root,
+//! as for any container runtime.
 
 use std::fs::File;
 use std::io::Read;
@@ -48,7 +48,7 @@ pub async fn root_disk(
                 reason: format!("cannot inspect the image: {error}"),
             })?;
     let image_id = inspect.id.unwrap_or_else(|| image.to_owned());
-    let agent_digest = file_digest(agent).await?;
+    let agent_digest = agent_digest(agent).await?;
     let key = {
         let mut hasher = Sha256::new();
         hasher.update(FORMAT_VERSION);
@@ -217,6 +217,29 @@ async fn make_ext4(tree: &Path, disk: &Path) -> Result<(), RuntimeError> {
         });
     }
     Ok(())
+}
+
+/// Returns the hex SHA-256 of the agent binary at `path`. Every create from a template needs it,
+/// so it is computed again only when the file's size or modification time changes.
+async fn agent_digest(path: &Path) -> Result<String, RuntimeError> {
+    type Key = (std::path::PathBuf, u64, std::time::SystemTime);
+    static CACHE: std::sync::Mutex<Option<(Key, String)>> = std::sync::Mutex::new(None);
+
+    let metadata = std::fs::metadata(path)
+        .map_err(|source| io_error(format!("reading {}", path.display()), source))?;
+    let key: Key = (
+        path.to_owned(),
+        metadata.len(),
+        metadata.modified().unwrap_or(std::time::UNIX_EPOCH),
+    );
+    if let Some((cached, digest)) = CACHE.lock().expect("digest cache poisoned").as_ref() {
+        if *cached == key {
+            return Ok(digest.clone());
+        }
+    }
+    let digest = file_digest(path).await?;
+    *CACHE.lock().expect("digest cache poisoned") = Some((key, digest.clone()));
+    Ok(digest)
 }
 
 /// Returns the hex SHA-256 of the file at `path`.

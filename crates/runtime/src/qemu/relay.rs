@@ -4,10 +4,10 @@
 //!
 //! QEMU's virtio-serial port mishandles a host that disconnects and reconnects: guest output
 //! written while no client is connected throttles the port, and output after the next connect
-//! can stay stuck in the queue. With the relay, QEMU's connection stays open for the machine's life. When the node
-//! restarts, the relay keeps draining the guest's output and hands the stream to the next
-//! client; the handshake of [`gitvm_agent::handshake`] then ends the guest's stale session and
-//! starts a fresh one.
+//! can stay stuck in the queue. With the relay, QEMU's connection stays open for the machine's
+//! life. When the node restarts, the relay keeps draining the guest's output and hands the
+//! stream to the next client. The handshake of [`gitvm_agent::handshake`] then ends the guest's
+//! stale session and starts a fresh one.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -61,33 +61,7 @@ async fn relay(qemu_socket: PathBuf, listen: PathBuf) -> io::Result<()> {
     let to_guest = Arc::new(Mutex::new(to_guest));
     let client: Arc<Mutex<Option<OwnedWriteHalf>>> = Arc::new(Mutex::new(None));
 
-    let accept = {
-        let client = Arc::clone(&client);
-        async move {
-            loop {
-                let (stream, _) = listener.accept().await?;
-                let (mut from_client, to_client) = stream.into_split();
-                // A new client replaces the previous one, whose bytes stop being forwarded.
-                *client.lock().await = Some(to_client);
-                let to_guest = Arc::clone(&to_guest);
-                tokio::spawn(async move {
-                    let mut buffer = vec![0u8; 64 * 1024];
-                    loop {
-                        match from_client.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if to_guest.lock().await.write_all(&buffer[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), io::Error>(())
-        }
-    };
+    let accept = accept_clients(listener, Arc::clone(&client), to_guest);
 
     let forward = async {
         let mut buffer = vec![0u8; 64 * 1024];
@@ -112,6 +86,39 @@ async fn relay(qemu_socket: PathBuf, listen: PathBuf) -> io::Result<()> {
     };
     let _ = std::fs::remove_file(&listen);
     result
+}
+
+/// Accepts node connections forever. Each new client replaces the previous one: it receives the
+/// guest's output, and the previous client's input to the guest stops.
+async fn accept_clients(
+    listener: UnixListener,
+    client: Arc<Mutex<Option<OwnedWriteHalf>>>,
+    to_guest: Arc<Mutex<OwnedWriteHalf>>,
+) -> io::Result<()> {
+    let mut previous: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (mut from_client, to_client) = stream.into_split();
+        if let Some(reader) = previous.take() {
+            reader.abort();
+        }
+        *client.lock().await = Some(to_client);
+
+        let to_guest = Arc::clone(&to_guest);
+        previous = Some(tokio::spawn(async move {
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                match from_client.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if to_guest.lock().await.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
 }
 
 async fn connect_with_retry(path: &Path) -> io::Result<UnixStream> {
