@@ -102,17 +102,17 @@ pub fn new_nonce() -> String {
 /// First wait for the agent's ready line before the host sends a newer hello. It is short
 /// because a restored microVM's agent loses the first hello to the session it had when the
 /// snapshot was taken. Each later wait doubles, up to [`MAX_HELLO_RETRY`], so that a slow agent
-/// still answers the newest hello.
+/// still replies to the newest hello.
 const FIRST_HELLO_RETRY: Duration = Duration::from_millis(50);
 
-/// Longest wait for a ready line before the next hello.
+/// Maximum wait for a ready line before the next hello.
 const MAX_HELLO_RETRY: Duration = Duration::from_secs(2);
 
-/// Zero bytes sent before every hello but the first. A serial port can hold an HTTP/2 session
-/// of an earlier host connection that the agent still serves, stopped anywhere in a frame. Zeros
-/// fill the rest of a frame of up to 16 KiB (the agent's maximum frame size) and then form a
-/// DATA frame header on stream 0, which HTTP/2 rejects, so the agent ends that session and
-/// looks for a hello again.
+/// Zero bytes sent before every hello but the first. A serial port can carry an HTTP/2 session
+/// of an earlier host connection that the agent still serves, stopped anywhere in a frame.
+/// Zeros fill the rest of a frame of up to 16 KiB, the agent's maximum frame size. Then they
+/// form a DATA frame header on stream 0, which HTTP/2 rejects, so the agent ends that session
+/// and looks for a hello again.
 static RESYNC_FILL: [u8; 2 * (16 * 1024 + 9)] = [0; 2 * (16 * 1024 + 9)];
 
 /// Runs the host side: sends a hello with a fresh nonce and discards input until the agent's

@@ -56,7 +56,7 @@ pub(crate) const SHELL: &str = "/bin/sh";
 /// Response body type of the agent's service.
 type ResponseBody = BoxBody<Bytes, io::Error>;
 
-/// Where the agent waits for the host.
+/// Transport on which the agent waits for the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
     /// A Unix socket at this path, as in Docker sandboxes; a stale socket file is replaced.
@@ -68,7 +68,7 @@ pub enum Transport {
 /// Settings of the agent daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
-    /// Where to serve the agent protocol.
+    /// Transport that carries the agent protocol.
     pub transport: Transport,
     /// Whether the agent is init of a microVM guest and sets the machine up first
     /// (see [`guest`]).

@@ -493,7 +493,7 @@ pub struct BenchQemu {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
 
-    /// The server's cache directory, which holds its guest kernel and initramfs
+    /// The server's cache directory, which contains its guest kernel and initramfs
     /// [default: <default data dir>/cache, /var/lib/gitvm/cache for root].
     #[arg(long, env = "GITVM_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,

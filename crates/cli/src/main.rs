@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     // must start before any other runtime exists.
     if let Command::Agent(agent) = cli.command {
         // In a microVM the log goes to the emulated serial console, which is slow under TCG
-        // and kept in a file on the host, so only warnings go there unless RUST_LOG says more.
+        // and kept in a file on the host, so only warnings go there unless RUST_LOG asks for more.
         match agent.vm {
             true => gitvm_node::cli::init_logging_at("warn"),
             false => gitvm_node::cli::init_logging(),

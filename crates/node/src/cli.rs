@@ -59,7 +59,7 @@ pub struct ServeArgs {
     pub qemu_kernel_modules: Option<PathBuf>,
 
     /// Accelerator of the qemu runtime: `auto` boots a probe guest under KVM and falls back to
-    /// TCG (software emulation) when it does not come up; `kvm` or `tcg` skip the probe.
+    /// TCG (software emulation) when it does not come up. `kvm` or `tcg` skip the probe.
     #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"], env = "GITVM_QEMU_ACCEL")]
     pub qemu_accel: String,
 

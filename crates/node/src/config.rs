@@ -107,7 +107,7 @@ impl NodeConfig {
         Self::sibling_binary("gitvm")
     }
 
-    /// A file named `name` in the directory of the current executable.
+    /// Returns the path of a file named `name` in the directory of the current executable.
     pub fn sibling_binary(name: &str) -> PathBuf {
         std::env::current_exe()
             .ok()
@@ -115,7 +115,7 @@ impl NodeConfig {
             .unwrap_or_else(|| PathBuf::from(name))
     }
 
-    /// The cache directory: [`NodeConfig::cache_dir`] or `<data_dir>/cache`.
+    /// Returns the cache directory: [`NodeConfig::cache_dir`] or `<data_dir>/cache`.
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir
             .clone()

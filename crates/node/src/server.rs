@@ -183,7 +183,7 @@ async fn start_runtimes(config: &NodeConfig, node_id: &str) -> anyhow::Result<Ru
     Ok(runtimes)
 }
 
-/// The reason part of a runtime's start failure, without the runtime name that
+/// Returns the reason part of a runtime's start failure, without the runtime name that
 /// [`Runtimes::get`] adds again.
 fn unavailable_reason(err: gitvm_runtime::RuntimeError) -> String {
     match err {

@@ -89,7 +89,7 @@ pub fn prepare() {
     }
 }
 
-/// Sets the wall clock, which stands still while a snapshot is saved.
+/// Sets the wall clock, which stops while a snapshot is saved or the guest is paused.
 pub fn set_clock(unix_seconds: i64, nanos: u32) -> io::Result<()> {
     let time = libc::timespec {
         tv_sec: unix_seconds,
@@ -221,7 +221,7 @@ fn inet_socket() -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `fd` is a new descriptor nobody else owns.
+    // SAFETY: `fd` is a new descriptor that no other value owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -54,7 +54,7 @@ pub async fn find_port(name: &str) -> io::Result<PathBuf> {
     }
 }
 
-/// Returns `/dev/<port>` for the entry of `ports_dir` whose `name` file holds `name`.
+/// Returns `/dev/<port>` for the entry of `ports_dir` whose `name` file contains `name`.
 fn lookup_port(ports_dir: &Path, name: &str) -> io::Result<Option<PathBuf>> {
     let entries = match std::fs::read_dir(ports_dir) {
         Ok(entries) => entries,

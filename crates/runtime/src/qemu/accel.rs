@@ -1,7 +1,6 @@
-//! Choosing between KVM and TCG. `/dev/kvm` can exist and open yet be unable to run a stock
-//! guest kernel (such as a paravirtual KVM that hangs at early boot), so the only reliable test
-//! is to boot one: the probe boots the initramfs with `gitvm.probe`, whose init prints a marker
-//! and powers off. A probe that has not printed it by the deadline means TCG.
+//! Choice between KVM and TCG. `/dev/kvm` can exist and open yet be unable to run a stock guest
+//! kernel, such as a paravirtual KVM that hangs at early boot. So the probe boots one: the
+//! initramfs with `gitvm.probe`, whose init prints a marker and powers off. A probe that has not printed it by the deadline means TCG.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +14,7 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 const PROBE_MARKER: &str = "GITVM-PROBE-OK";
 
 /// Returns [`Accel::Kvm`] when a guest boots under KVM within the deadline, else [`Accel::Tcg`].
-/// Never fails: every problem means TCG, logged with its reason.
+/// Returns no error: every problem means TCG, logged with its reason.
 pub async fn probe(qemu: &Path, kernel: &Path, initramfs: &Path, work: &Path) -> Accel {
     if let Err(error) = std::fs::File::options()
         .read(true)

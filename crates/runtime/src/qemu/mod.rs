@@ -11,7 +11,7 @@
 //! - Acceleration: KVM when a probe boot succeeds within a deadline, otherwise TCG with
 //!   `tsc_early_khz` from the host, without which some TCG boots hang calibrating the clock.
 //! - Snapshots: `kind: full` saves memory (QMP `migrate` to a file) and disk of a running or paused
-//!   sandbox; a restore starts QEMU with `-incoming` in a new sandbox, so processes continue. A
+//!   sandbox. A restore starts QEMU with `-incoming` in a new sandbox, so processes continue. A
 //!   stopped sandbox gives a `filesystem` snapshot of its disk.
 
 pub mod image;

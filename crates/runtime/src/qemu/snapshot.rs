@@ -1,6 +1,6 @@
 //! Snapshots of microVMs and restores into new sandboxes.
 //!
-//! A snapshot directory `qemu/snapshots/<id>/` holds `machine.json`, `disk.qcow2` and, for a
+//! A snapshot directory `qemu/snapshots/<id>/` contains `machine.json`, `disk.qcow2` and, for a
 //! full snapshot, `memory`: the device and RAM state written by QMP `migrate`. It is written
 //! under a temporary name and renamed when complete, so a crash never leaves a partial
 //! snapshot under its real name. A restore copies the disk into the new sandbox and leaves the
@@ -21,7 +21,7 @@ use crate::{RuntimeError, SandboxSpec, SnapshotInfo};
 /// File of the saved device and memory state.
 const MEMORY_FILE: &str = "memory";
 
-/// Marker in a sandbox directory while a snapshot holds a running guest stopped; a node that
+/// Marker in a sandbox directory while a snapshot keeps a running guest stopped. A node that
 /// crashes meanwhile resumes the guest at its next start.
 const RESUME_MARKER: &str = "resume-after-snapshot";
 
